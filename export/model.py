@@ -1,0 +1,255 @@
+"""The Gated-DeltaNet hybrid decoder (Qwen3-Next, Qwen3.5, Qwen3.5-MoE), batch 1, made for torch.export.
+
+All decode state lives in registered buffers sized once (KV caches, conv and recurrent states) and is
+updated in place. `forward(tokens [1, T], input_pos [T]) -> logits [1, vocab]` of the last position.
+A call whose input_pos[0] == 0 starts a new sequence: the GDN states are read as zero (on the device,
+no host branch), and stale KV entries are masked by position.
+
+Projections that read the same input are stored fused (one matrix per layer input), a layout the
+loader writes once: GDN `in_proj` = [qkv | z | b | a], attention `qkv_proj` = [q+gate | k | v],
+MLP `gate_up_proj` = [gate | up], MoE `router_shared` = [router | shared gate_up | shared gate].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gdn.kernels import KERNEL_SETS, KernelSet
+
+from .config import LINEAR, ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * (1 + w), computed in float32 (the Qwen3-Next / Qwen3.5 zero-centred convention)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * (1.0 + self.weight.float())).to(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """w * (x / rms(x)) * silu(z), per head (plain weight, not zero-centred)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = self.weight * xf.to(x.dtype)
+        return (out * F.silu(z.float())).to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """Partial rotate-half rotary embedding on the first `rotary_dim` dims of each head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dim = cfg.rotary_dim
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, input_pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = input_pos.float()[:, None] * self.inv_freq  # [T, rot/2]
+        emb = torch.cat([freqs, freqs], dim=-1)  # [T, rot]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D]; cos, sin [T, rot]."""
+    rot = cos.shape[-1]
+    xr, xp = x[..., :rot], x[..., rot:]
+    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2 :]
+    rotated = torch.cat([-x2, x1], dim=-1)
+    xr = xr * cos[:, None] + rotated * sin[:, None]
+    return torch.cat([xr, xp], dim=-1)
+
+
+class Attention(nn.Module):
+    """Gated full attention with q/k RMSNorm, partial rotary, GQA and a static KV cache."""
+
+    def __init__(self, cfg: ModelConfig, max_seq_len: int, dtype: torch.dtype):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q_out, kv_out = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, 2 * q_out + 2 * kv_out, bias=False)
+        self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        cache = (1, self.n_kv, max_seq_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache, dtype=dtype))
+        self.register_buffer("v_cache", torch.zeros(cache, dtype=dtype))
+
+    def forward(self, x, input_pos, cos, sin):
+        T, D = x.shape[0], self.head_dim
+        q_out, kv_out = self.n_heads * D, self.n_kv * D
+        qg, k, v = self.qkv_proj(x).split([2 * q_out, kv_out, kv_out], dim=-1)
+        q, gate = qg.view(T, self.n_heads, 2 * D).chunk(2, dim=-1)  # [T, H, D] each
+        q = apply_rotary(self.q_norm(q), cos, sin)
+        k = apply_rotary(self.k_norm(k.view(T, self.n_kv, D)), cos, sin)
+        self.k_cache[:, :, input_pos] = k.transpose(0, 1).unsqueeze(0)
+        self.v_cache[:, :, input_pos] = v.view(T, self.n_kv, D).transpose(0, 1).unsqueeze(0)
+        group = self.n_heads // self.n_kv
+        # [Hkv, group * T, D]: the query heads that share a KV head, stacked
+        qh = q.view(T, self.n_kv, group, D).permute(1, 2, 0, 3).reshape(self.n_kv, group * T, D)
+        scores = (qh @ self.k_cache[0].transpose(-1, -2)) * D**-0.5  # [Hkv, group*T, S]
+        visible = torch.arange(self.k_cache.shape[2], device=x.device)[None, :] <= input_pos[:, None]  # [T, S]
+        scores = scores.masked_fill(~visible.repeat(group, 1), float("-inf"))
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = (probs @ self.v_cache[0]).view(self.n_kv, group, T, D).permute(2, 0, 1, 3).reshape(T, q_out)
+        return self.o_proj(out * torch.sigmoid(gate.reshape(T, q_out)))
+
+
+class GatedDeltaNet(nn.Module):
+    """Linear attention with the gated delta rule, a causal conv over q/k/v and a gated output norm."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, state_dtype: torch.dtype, kernels: KernelSet):
+        super().__init__()
+        self.kernels = kernels
+        self.hk, self.hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
+        self.dk, self.dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
+        self.conv_dim, self.value_dim = cfg.conv_dim, cfg.value_dim
+        self.in_proj = nn.Linear(cfg.hidden_size, self.conv_dim + self.value_dim + 2 * self.hv, bias=False)
+        self.conv_weight = nn.Parameter(torch.zeros(self.conv_dim, cfg.linear_conv_kernel_dim))
+        self.dt_bias = nn.Parameter(torch.ones(self.hv))
+        self.A_log = nn.Parameter(torch.zeros(self.hv))
+        self.norm = GatedRMSNorm(self.dv, cfg.rms_norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, cfg.hidden_size, bias=False)
+        conv_state = (1, cfg.linear_conv_kernel_dim - 1, self.conv_dim)
+        self.register_buffer("conv_state", torch.zeros(conv_state, dtype=dtype))
+        self.register_buffer("recurrent_state", torch.zeros(1, self.hv, self.dk, self.dv, dtype=state_dtype))
+
+    def forward(self, x, reset, decode: bool):
+        T = x.shape[0]
+        qkv, z, b, a = self.in_proj(x).split([self.conv_dim, self.value_dim, self.hv, self.hv], dim=-1)
+        qkv = self.kernels.causal_conv1d(qkv.unsqueeze(0), self.conv_state, self.conv_weight, reset)
+        key_dim = self.hk * self.dk
+        q, k, v = qkv.split([key_dim, key_dim, self.value_dim], dim=-1)
+        q, k = q.view(1, T, self.hk, self.dk), k.view(1, T, self.hk, self.dk)
+        v = v.view(1, T, self.hv, self.dv)
+        a, b = a.view(1, T, self.hv), b.view(1, T, self.hv)
+        if decode:
+            o = self.kernels.recurrent_gated_delta_rule(
+                q, k, v, a, b, self.A_log, self.dt_bias, self.recurrent_state, reset
+            )
+        else:
+            g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
+            o = self.kernels.chunk_gated_delta_rule(q, k, v, g, b.float().sigmoid(), self.recurrent_state, reset)
+        o = self.norm(o[0], z.view(T, self.hv, self.dv))  # [T, Hv, V]
+        return self.out_proj(o.reshape(T, self.value_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.inter = inter
+        self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).split([self.inter, self.inter], dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class SparseMoE(nn.Module):
+    """Top-k routed experts plus a shared expert with a sigmoid gate."""
+
+    def __init__(self, cfg: ModelConfig, kernels: KernelSet):
+        super().__init__()
+        self.kernels = kernels
+        self.n_experts, self.top_k, self.renormalize = cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.shared_inter = cfg.shared_expert_intermediate_size
+        H, I = cfg.hidden_size, cfg.moe_intermediate_size
+        self.router_shared = nn.Linear(H, self.n_experts + 2 * self.shared_inter + 1, bias=False)
+        self.gate_up = nn.Parameter(torch.zeros(self.n_experts, 2 * I, H))
+        self.down = nn.Parameter(torch.zeros(self.n_experts, H, I))
+        self.shared_down_proj = nn.Linear(self.shared_inter, H, bias=False)
+
+    def forward(self, x):
+        s = self.shared_inter
+        logits, gate, up, shared_gate = self.router_shared(x).split([self.n_experts, s, s, 1], dim=-1)
+        routed = self.kernels.moe(x, logits, self.gate_up, self.down, self.top_k, self.renormalize)
+        shared = self.shared_down_proj(F.silu(gate) * up)
+        return routed + torch.sigmoid(shared_gate) * shared
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, i: int, max_seq_len: int, dtype, state_dtype, kernels: KernelSet):
+        super().__init__()
+        self.is_linear = cfg.layer_types[i] == LINEAR
+        if self.is_linear:
+            self.linear_attn = GatedDeltaNet(cfg, dtype, state_dtype, kernels)
+        else:
+            self.self_attn = Attention(cfg, max_seq_len, dtype)
+        if cfg.moe_layers[i]:
+            self.mlp = SparseMoE(cfg, kernels)
+        else:
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, input_pos, reset, cos, sin, decode: bool):
+        h = self.input_layernorm(x)
+        if self.is_linear:
+            h = self.linear_attn(h, reset, decode)
+        else:
+            h = self.self_attn(h, input_pos, cos, sin)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GDNForCausalLM(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        max_seq_len: int = 2048,
+        dtype: torch.dtype = torch.float32,
+        state_dtype: torch.dtype = torch.float32,
+        kernels: str = "reference",
+    ):
+        super().__init__()
+        ks = KERNEL_SETS[kernels]
+        self.cfg, self.max_seq_len, self.kernels = cfg, max_seq_len, kernels
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.rotary = Rotary(cfg)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, i, max_seq_len, dtype, state_dtype, ks) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """tokens [1, T] int64, input_pos [T] int64 -> logits [1, vocab] of the last position.
+        T == 1 (a static shape) takes the one-token decode kernels."""
+        return self.run(tokens, input_pos, decode=tokens.shape[1] == 1)
+
+    def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Like forward, but always the chunked path, so T may be dynamic down to 1."""
+        return self.run(tokens, input_pos, decode=False)
+
+    def run(self, tokens: torch.Tensor, input_pos: torch.Tensor, decode: bool) -> torch.Tensor:
+        x = self.embed_tokens(tokens[0])  # [T, H]
+        reset = input_pos[:1] == 0  # [1]
+        cos, sin = self.rotary(input_pos, x.dtype)
+        for layer in self.layers:
+            x = layer(x, input_pos, reset, cos, sin, decode)
+        return self.lm_head(self.norm(x[-1:]))
+
+    def state_buffers(self) -> dict[str, torch.Tensor]:
+        """The mutable decode state, by buffer name."""
+        return {n: b for n, b in self.named_buffers() if n.rsplit(".", 1)[-1] in STATE_BUFFERS}
+
+
+STATE_BUFFERS = ("k_cache", "v_cache", "conv_state", "recurrent_state")
