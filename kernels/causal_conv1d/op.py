@@ -1,17 +1,17 @@
-"""Registration of `torch.ops.gdn.causal_conv1d`; the conv state argument is declared mutated."""
+"""Registration of `torch.ops.gdn.causal_conv1d` with `torch.library.triton_op` (see
+`gated_delta_rule/op.py` for how export, AOTInductor, the fake and the CPU kernel fit together).
+The conv state argument is declared mutated; the kernel updates it in place."""
 
 from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference, triton_conv
 
 
-@torch.library.custom_op("gdn::causal_conv1d", mutates_args=("conv_state",))
+@torch.library.triton_op("gdn::causal_conv1d", mutates_args={"conv_state"})
 def causal_conv1d(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
-    return reference.causal_conv1d(x, conv_state, weight, reset)
+    return triton_conv.causal_conv1d(x, conv_state, weight, reset)
 
 
-@causal_conv1d.register_fake
-def _(x, conv_state, weight, reset):
-    return torch.empty_like(x)
+causal_conv1d.register_kernel("cpu")(reference.causal_conv1d)

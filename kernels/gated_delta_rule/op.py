@@ -1,14 +1,20 @@
-"""Registration of the gated-delta-rule ops (`torch.ops.gdn.*`): opaque to `torch.export`, so a dynamic
-prefill length of any size exports; the state argument is declared mutated."""
+"""Registration of the gated-delta-rule ops (`torch.ops.gdn.*`) with `torch.library.triton_op`.
+
+`torch.export` keeps them as single custom-op nodes (any prefill length exports); AOTInductor then sees
+the Triton kernels inside and compiles them into the artifact. `triton_op` registers the body itself as
+the fake (meta) implementation: it only allocates outputs, and the wrapped launches are no-ops on fake
+tensors. The CPU kernel is the plain-PyTorch reference, so the same model also exports for CPU.
+The state argument is declared mutated; the kernels update it in place.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference, triton_chunk, triton_decode
 
 
-@torch.library.custom_op("gdn::chunk_gated_delta_rule", mutates_args=("state",))
+@torch.library.triton_op("gdn::chunk_gated_delta_rule", mutates_args={"state"})
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -18,15 +24,10 @@ def chunk_gated_delta_rule(
     state: torch.Tensor,
     reset: torch.Tensor,
 ) -> torch.Tensor:
-    return reference.chunk_gated_delta_rule(q, k, v, g, beta, state, reset)
+    return triton_chunk.chunk_gated_delta_rule(q, k, v, g, beta, state, reset)
 
 
-@chunk_gated_delta_rule.register_fake
-def _(q, k, v, g, beta, state, reset):
-    return torch.empty_like(v)
-
-
-@torch.library.custom_op("gdn::recurrent_gated_delta_rule", mutates_args=("state",))
+@torch.library.triton_op("gdn::recurrent_gated_delta_rule", mutates_args={"state"})
 def recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -38,9 +39,8 @@ def recurrent_gated_delta_rule(
     state: torch.Tensor,
     reset: torch.Tensor,
 ) -> torch.Tensor:
-    return reference.recurrent_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, state, reset)
+    return triton_decode.recurrent_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, state, reset)
 
 
-@recurrent_gated_delta_rule.register_fake
-def _(q, k, v, a, b, A_log, dt_bias, state, reset):
-    return torch.empty_like(v)
+chunk_gated_delta_rule.register_kernel("cpu")(reference.chunk_gated_delta_rule)
+recurrent_gated_delta_rule.register_kernel("cpu")(reference.recurrent_gated_delta_rule)

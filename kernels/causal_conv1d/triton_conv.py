@@ -1,0 +1,68 @@
+"""Causal depthwise conv1d + SiLU over a rolling state, one Triton kernel for prefill and decode.
+
+Grid: (cdiv(T, BT), cdiv(C, BC)). Row t of the output needs inputs t-W+1 .. t: from x, or from the old
+state where that index is negative. Only the programs with time block 0 read the old state (BT >= W-1),
+and those same programs write the new state after a barrier, so the in-place update never races.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..gated_delta_rule.launch import inner_contiguous, launcher
+
+
+@triton.jit
+def _conv_kernel(
+    x_ptr, state_ptr, w_ptr, reset_ptr, y_ptr, T, C,
+    s_xt, s_yt, s_wc,
+    W: tl.constexpr, WP: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+):
+    i_t = tl.program_id(0)
+    i_c = tl.program_id(1)
+    rows = i_t * BT + tl.arange(0, BT)
+    cols = i_c * BC + tl.arange(0, BC)
+    cmask = cols < C
+    keep = tl.where(tl.load(reset_ptr), 0.0, 1.0)
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for j in tl.static_range(W):
+        src = rows + (j - (W - 1))  # [BT] index into x; negative: the old state row W-1+src
+        xm = (src >= 0) & (src < T)
+        xv = tl.load(x_ptr + src[:, None] * s_xt + cols[None, :], mask=xm[:, None] & cmask[None, :], other=0.0)
+        sm = (src < 0) & (src >= -(W - 1))
+        sv = tl.load(state_ptr + (src + W - 1)[:, None] * C + cols[None, :], mask=sm[:, None] & cmask[None, :], other=0.0)
+        xin = xv.to(tl.float32) + sv.to(x_ptr.dtype.element_ty).to(tl.float32) * keep
+        acc += xin * tl.load(w_ptr + cols * s_wc + j, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    y = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + rows[:, None] * s_yt + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=(rows < T)[:, None] & cmask[None, :])
+    if i_t == 0:
+        # new state row i = [state; x][T + i]: from x when T + i >= W - 1, else old state row T + i
+        si = tl.arange(0, WP)  # WP: W - 1 rounded up to a power of two
+        live = si < W - 1
+        src = T + si - (W - 1)
+        nx = tl.load(x_ptr + src[:, None] * s_xt + cols[None, :], mask=((src >= 0) & live)[:, None] & cmask[None, :], other=0.0)
+        os_ = tl.load(state_ptr + (T + si)[:, None] * C + cols[None, :], mask=((src < 0) & live)[:, None] & cmask[None, :], other=0.0)
+        new = nx.to(state_ptr.dtype.element_ty) + (os_.to(tl.float32) * keep).to(state_ptr.dtype.element_ty)
+        tl.debug_barrier()
+        tl.store(state_ptr + si[:, None] * C + cols[None, :], new, mask=live[:, None] & cmask[None, :])
+
+
+def causal_conv1d(
+    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, reset: torch.Tensor, block_t: int = 0
+) -> torch.Tensor:
+    """Same contract as `reference.causal_conv1d`; `conv_state` must be contiguous."""
+    T, C = x.shape[1], x.shape[2]
+    W = weight.shape[1]
+    x, weight = inner_contiguous(x), inner_contiguous(weight)
+    y = torch.empty((1, T, C), dtype=x.dtype, device=x.device)
+    BT = block_t or 32
+    assert BT >= W - 1, "time block must cover the state rows"
+    BC = 128
+    launcher(_conv_kernel)[((T + BT - 1) // BT, (C + BC - 1) // BC)](
+        x, conv_state, weight, reset, y, T, C,
+        x.stride(1), y.stride(1), weight.stride(0),
+        W=W, WP=triton.next_power_of_2(max(W - 1, 1)), BT=BT, BC=BC,
+    )
+    return y

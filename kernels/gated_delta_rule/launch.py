@@ -1,0 +1,43 @@
+"""Launching Triton kernels from inside `torch.library.triton_op` bodies, also under the interpreter."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from triton.runtime.jit import JITFunction
+
+
+def _interpreter_scalar_index() -> None:
+    """Triton 3.6's interpreter turns scalar kernel args into 1-element arrays and `int()`s them for
+    `range(n)`; NumPy >= 2.4 refuses `int()` of a 1-d array, so index through `.item()` instead."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_gdn_patched", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._gdn_patched = True
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_scalar_index()
+
+
+def launcher(kernel: Any) -> Any:
+    """`wrap_triton(kernel)` so export/AOTInductor see the kernel; the bare kernel under TRITON_INTERPRET=1,
+    where `triton.jit` yields an InterpretedFunction that `wrap_triton` rejects."""
+    if isinstance(kernel, JITFunction):
+        return torch.library.wrap_triton(kernel)
+    return kernel
+
+
+def inner_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """Kernels take row strides but assume a unit stride in the last dim (a static property)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
