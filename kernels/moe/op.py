@@ -1,19 +1,85 @@
-"""Registration of `torch.ops.gdn.moe`."""
+"""Registration of `torch.ops.gdn.moe` (router + routed experts) and `torch.ops.gdn.moe_shared` (the same
+plus the shared expert), as Triton ops: torch.export keeps them as single nodes, AOTInductor compiles their
+Triton kernels into the artifact. CPU tensors take the plain-PyTorch reference.
+
+T == 1 (a static shape) takes the fused mat-vec decode kernels; any other T, dynamic ones included, the
+grouped-GEMM prefill path.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+from torch.library import triton_op
 
 from . import reference
+from .decode import moe_decode
+from .prefill import moe_prefill
 
 
-@torch.library.custom_op("gdn::moe", mutates_args=())
+def moe_triton(
+    x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int, renormalize: bool
+) -> torch.Tensor:
+    """The Triton implementation (also what the CPU tests run under TRITON_INTERPRET=1)."""
+    if statically_known_true(x.shape[0] == 1):
+        return moe_decode(x, router_logits, gate_up, down, top_k, renormalize)
+    return moe_prefill(x, router_logits, gate_up, down, top_k, renormalize)
+
+
+def moe_shared_triton(
+    x: torch.Tensor,
+    router_shared: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    shared_down: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+) -> torch.Tensor:
+    """router_shared [T, E + 2S + 1] = [router logits | shared gate | shared up | shared gate logit];
+    shared_down [H, S]. Decode fuses the shared expert into the down kernel."""
+    E, S = gate_up.shape[0], shared_down.shape[1]
+    logits, act, gate = router_shared[:, :E], router_shared[:, E : E + 2 * S], router_shared[:, E + 2 * S :]
+    if statically_known_true(x.shape[0] == 1):
+        return moe_decode(x, logits, gate_up, down, top_k, renormalize, shared=(act, gate, shared_down))
+    routed = moe_prefill(x, logits, gate_up, down, top_k, renormalize)
+    return routed + reference.shared_expert(act, gate, shared_down)
+
+
+@triton_op("gdn::moe", mutates_args=())
 def moe(
     x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int, renormalize: bool
 ) -> torch.Tensor:
-    return reference.moe(x, router_logits, gate_up, down, top_k, renormalize)
+    return moe_triton(x, router_logits, gate_up, down, top_k, renormalize)
 
 
 @moe.register_fake
 def _(x, router_logits, gate_up, down, top_k, renormalize):
     return torch.empty_like(x)
+
+
+@moe.register_kernel("cpu")
+def _(x, router_logits, gate_up, down, top_k, renormalize):
+    return reference.moe(x, router_logits, gate_up, down, top_k, renormalize)
+
+
+@triton_op("gdn::moe_shared", mutates_args=())
+def moe_shared(
+    x: torch.Tensor,
+    router_shared: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    shared_down: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+) -> torch.Tensor:
+    return moe_shared_triton(x, router_shared, gate_up, down, shared_down, top_k, renormalize)
+
+
+@moe_shared.register_fake
+def _(x, router_shared, gate_up, down, shared_down, top_k, renormalize):
+    return torch.empty_like(x)
+
+
+@moe_shared.register_kernel("cpu")
+def _(x, router_shared, gate_up, down, shared_down, top_k, renormalize):
+    return reference.moe_shared(x, router_shared, gate_up, down, shared_down, top_k, renormalize)

@@ -2,6 +2,7 @@
 
 Router: probs = softmax(router_logits) in float32, top-k, renormalised when `renormalize`.
 Experts: y = sum_k w_k * down_e(silu(gate_e(x)) * up_e(x)), e = the k-th selected expert.
+Ties in the router go to the lower expert index (the float64 ground truth and the Triton kernels do so).
 Expert weights are stacked: gate_up [E, 2I, H] (gate rows first, then up), down [E, H, I].
 """
 
@@ -39,9 +40,19 @@ def moe(
     return (y * weights.unsqueeze(-1)).sum(1)
 
 
+def route_stable(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`route` with ties broken towards the lower expert index, in the logits' dtype."""
+    probs = F.softmax(router_logits, dim=-1, dtype=router_logits.dtype)
+    top, idx = torch.sort(probs, dim=-1, descending=True, stable=True)
+    top, idx = top[:, :top_k], idx[:, :top_k]
+    if renormalize:
+        top = top / top.sum(-1, keepdim=True)
+    return top, idx
+
+
 def moe_float64(x, router_logits, gate_up, down, top_k, renormalize):
     """Loop over experts in float64 (the ground truth for tests); same arguments as `moe`."""
-    weights, idx = route(router_logits.double(), top_k, renormalize)
+    weights, idx = route_stable(router_logits.double(), top_k, renormalize)
     x, gate_up, down = x.double(), gate_up.double(), down.double()
     inter = down.shape[-1]
     out = torch.zeros_like(x)
@@ -53,3 +64,25 @@ def moe_float64(x, router_logits, gate_up, down, top_k, renormalize):
         h = F.silu(gu[:, :inter]) * gu[:, inter:]
         out.index_add_(0, tok, (h @ down[e].T) * weights[tok, slot, None])
     return out
+
+
+def shared_expert(act: torch.Tensor, gate: torch.Tensor, shared_down: torch.Tensor) -> torch.Tensor:
+    """act [T, 2S] = [gate | up]; gate [T, 1]; shared_down [H, S] -> sigmoid(gate) * down(silu(gate) * up)."""
+    g, u = act.chunk(2, dim=-1)
+    return torch.sigmoid(gate) * F.linear(F.silu(g) * u, shared_down)
+
+
+def moe_shared(x, router_shared, gate_up, down, shared_down, top_k, renormalize):
+    """router_shared [T, E + 2S + 1] = [router logits | shared gate | shared up | shared gate logit];
+    shared_down [H, S] -> routed experts + the gated shared expert [T, H]."""
+    E, S = gate_up.shape[0], shared_down.shape[1]
+    logits, act, gate = router_shared[:, :E], router_shared[:, E : E + 2 * S], router_shared[:, E + 2 * S :]
+    return moe(x, logits, gate_up, down, top_k, renormalize) + shared_expert(act, gate, shared_down)
+
+
+def moe_shared_float64(x, router_shared, gate_up, down, shared_down, top_k, renormalize):
+    """`moe_shared` in float64 on top of `moe_float64`."""
+    E, S = gate_up.shape[0], shared_down.shape[1]
+    rs = router_shared.double()
+    routed = moe_float64(x, rs[:, :E], gate_up, down, top_k, renormalize)
+    return routed + shared_expert(rs[:, E : E + 2 * S], rs[:, E + 2 * S :], shared_down.double())

@@ -1,0 +1,200 @@
+"""T-token MoE: route on the device, group (token, slot) pairs by expert into BLOCK_M-padded segments,
+run a tensor-core grouped GEMM per segment, scatter back with the routing weights, sum over the slots.
+
+Every shape is a function of T alone: the number of blocks is bounded by cdiv(T * k, BLOCK_M) + E and
+blocks past the used ones exit at once, so there is no host sync and nothing data-dependent escapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import launch, next_pow2
+from .route import route_kernel
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    block_m: int = 64
+    block_n: int = 128
+    block_k: int = 64
+    warps: int = 8
+    stages: int = 3
+    down_block_n: int = 128
+    down_warps: int = 4
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b; UPCAST (interpreter only) takes bf16 through float32, since Triton 3.6's interpreter
+    multiplies bf16 operands wrongly."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def grouped_gate_up_kernel(
+    x_ptr,
+    w_ptr,
+    pairs_ptr,
+    block_expert_ptr,
+    h_ptr,
+    num_pairs,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    E: tl.constexpr,
+    TOP_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """h[block rows, n-tile] = silu(x_tok gate_e^T) * (x_tok up_e^T) for one expert segment block."""
+    blk = tl.program_id(0)
+    e = tl.load(block_expert_ptr + blk).to(tl.int64)
+    if e >= E:
+        return
+    m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(pairs_ptr + m)
+    valid = pair < num_pairs
+    tok = (pair // TOP_K).to(tl.int64)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < I
+    kk = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + tok[:, None] * H + kk[None, :]  # [BLOCK_M, BLOCK_K]
+    g_ptrs = w_ptr + e * (2 * I * H) + n[None, :] * H + kk[:, None]  # [BLOCK_K, BLOCK_N]
+    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        k_ok = (k0 + kk) < H
+        a = tl.load(a_ptrs, mask=valid[:, None] & k_ok[None, :], other=0.0)
+        g = tl.load(g_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        u = tl.load(g_ptrs + I * H, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc_g = mma(a, g, acc_g, PRECISION, UPCAST)
+        acc_u = mma(a, u, acc_u, PRECISION, UPCAST)
+        a_ptrs += BLOCK_K
+        g_ptrs += BLOCK_K
+    h = acc_g * tl.sigmoid(acc_g) * acc_u
+    tl.store(h_ptr + m[:, None].to(tl.int64) * I + n[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=valid[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def grouped_down_kernel(
+    h_ptr,
+    down_ptr,
+    pairs_ptr,
+    block_expert_ptr,
+    weights_ptr,
+    y_ptr,
+    num_pairs,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    E: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """y[pair, n-tile] = w_pair * (h_pair down_e^T), written at the pair's unsorted row t * k + slot."""
+    blk = tl.program_id(0)
+    e = tl.load(block_expert_ptr + blk).to(tl.int64)
+    if e >= E:
+        return
+    m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(pairs_ptr + m)
+    valid = pair < num_pairs
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < H
+    kk = tl.arange(0, BLOCK_K)
+    a_ptrs = h_ptr + m[:, None].to(tl.int64) * I + kk[None, :]  # [BLOCK_M, BLOCK_K]
+    b_ptrs = down_ptr + e * (H * I) + n[None, :] * I + kk[:, None]  # [BLOCK_K, BLOCK_N]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, I, BLOCK_K):
+        k_ok = (k0 + kk) < I
+        a = tl.load(a_ptrs, mask=valid[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = mma(a, b, acc, PRECISION, UPCAST)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    w = tl.load(weights_ptr + pair, mask=valid, other=0.0)
+    acc = acc * w[:, None]
+    tl.store(y_ptr + pair[:, None].to(tl.int64) * H + n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=valid[:, None] & n_ok[None, :])
+
+
+def group_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [T, k] -> pairs [n_blocks * block_m] int32 (flat pair index t * k + slot, sorted by expert, each
+    expert's run padded to block_m with the sentinel T * k), block_expert [n_blocks] int32 (E past the end)."""
+    num_pairs = ids.numel()
+    n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
+    flat = ids.reshape(-1).long()  # [T*k]
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    pad_end = torch.cumsum(padded, 0)
+    start = torch.cumsum(counts, 0) - counts
+    expert, order = torch.sort(flat, stable=True)
+    rank = torch.arange(num_pairs, device=ids.device) - start[expert]
+    pos = pad_end[expert] - padded[expert] + rank
+    pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
+    pairs.scatter_(0, pos, order.to(torch.int32))
+    block_start = torch.arange(n_blocks, device=ids.device) * block_m
+    block_expert = torch.searchsorted(pad_end, block_start, right=True).to(torch.int32)
+    return pairs, block_expert
+
+
+def moe_prefill(
+    x: torch.Tensor,
+    router_logits: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    cfg: PrefillConfig = PrefillConfig(),
+) -> torch.Tensor:
+    """x [T, H]; router_logits [T, E] (any strides) -> [T, H] in x's dtype."""
+    E, I2, H = gate_up.shape
+    I = I2 // 2
+    T = x.shape[0]
+    x = x.contiguous()
+    ids = torch.empty((T, top_k), device=x.device, dtype=torch.int32)
+    weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
+    launch(route_kernel)[(T,)](
+        router_logits, router_logits.stride(0), router_logits.stride(1), ids, weights,
+        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
+    )
+    bm = cfg.block_m
+    pairs, block_expert = group_by_expert(ids, E, bm)
+    n_blocks = block_expert.shape[0]
+    num_pairs = T * top_k
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    h = torch.empty((n_blocks * bm, I), device=x.device, dtype=x.dtype)
+    bn = min(cfg.block_n, max(16, next_pow2(I)))
+    bk = min(cfg.block_k, max(16, next_pow2(H)))
+    launch(grouped_gate_up_kernel)[(n_blocks, triton.cdiv(I, bn))](
+        x, gate_up, pairs, block_expert, h, num_pairs,
+        H=H, I=I, E=E, TOP_K=top_k, PRECISION=precision, UPCAST=INTERPRETED, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=cfg.warps, num_stages=cfg.stages,
+    )
+    y = torch.empty((num_pairs, H), device=x.device, dtype=x.dtype)
+    bn = min(cfg.down_block_n, max(16, next_pow2(H)))
+    bk = min(cfg.block_k, max(16, next_pow2(I)))
+    launch(grouped_down_kernel)[(n_blocks, triton.cdiv(H, bn))](
+        h, down, pairs, block_expert, weights, y, num_pairs,
+        H=H, I=I, E=E, PRECISION=precision, UPCAST=INTERPRETED, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=cfg.down_warps, num_stages=cfg.stages,
+    )
+    return y.view(T, top_k, H).sum(1, dtype=torch.float32).to(x.dtype)
