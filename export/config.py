@@ -46,7 +46,7 @@ class ModelConfig:
     linear_key_head_dim: int
     linear_value_head_dim: int
     linear_conv_kernel_dim: int
-    # feed-forward: dense MLP where `mlp_layers[i]` is False, sparse MoE where True
+    # feed-forward: dense MLP where `moe_layers[i]` is False, sparse MoE where True
     intermediate_size: int
     moe_layers: tuple[bool, ...]
     num_experts: int = 0
@@ -220,6 +220,8 @@ def _validate(cfg: ModelConfig) -> None:
         need(0 < cfg.num_experts_per_tok <= cfg.num_experts,
              f"num_experts_per_tok {cfg.num_experts_per_tok} must be in [1, num_experts={cfg.num_experts}]")
         need(cfg.moe_intermediate_size > 0, f"moe_intermediate_size must be > 0, got {cfg.moe_intermediate_size}")
+        need(cfg.shared_expert_intermediate_size > 0,
+             f"shared_expert_intermediate_size must be > 0, got {cfg.shared_expert_intermediate_size}")
     if not all(cfg.moe_layers):
         need(cfg.intermediate_size > 0, f"intermediate_size must be > 0 for dense layers, got {cfg.intermediate_size}")
     if cfg.ssm_state_dtype not in (None, "float32", "bfloat16", "float16"):
