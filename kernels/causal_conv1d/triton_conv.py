@@ -25,7 +25,7 @@ def _conv_kernel(
     rows = i_t * BT + tl.arange(0, BT)
     cols = i_c * BC + tl.arange(0, BC)
     cmask = cols < C
-    keep = tl.where(tl.load(reset_ptr), 0.0, 1.0)
+    reset = tl.load(reset_ptr)
     acc = tl.zeros((BT, BC), dtype=tl.float32)
     for j in tl.static_range(W):
         src = rows + (j - (W - 1))  # [BT] index into x; negative: the old state row W-1+src
@@ -33,7 +33,7 @@ def _conv_kernel(
         xv = tl.load(x_ptr + src[:, None] * s_xt + cols[None, :], mask=xm[:, None] & cmask[None, :], other=0.0)
         sm = (src < 0) & (src >= -(W - 1))
         sv = tl.load(state_ptr + (src + W - 1)[:, None] * C + cols[None, :], mask=sm[:, None] & cmask[None, :], other=0.0)
-        xin = xv.to(tl.float32) + sv.to(x_ptr.dtype.element_ty).to(tl.float32) * keep
+        xin = xv.to(tl.float32) + tl.where(reset, 0.0, sv.to(x_ptr.dtype.element_ty).to(tl.float32))
         acc += xin * tl.load(w_ptr + cols * s_wc + j, mask=cmask, other=0.0).to(tl.float32)[None, :]
     y = acc * tl.sigmoid(acc)
     tl.store(y_ptr + rows[:, None] * s_yt + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=(rows < T)[:, None] & cmask[None, :])
@@ -44,19 +44,24 @@ def _conv_kernel(
         src = T + si - (W - 1)
         nx = tl.load(x_ptr + src[:, None] * s_xt + cols[None, :], mask=((src >= 0) & live)[:, None] & cmask[None, :], other=0.0)
         os_ = tl.load(state_ptr + (T + si)[:, None] * C + cols[None, :], mask=((src < 0) & live)[:, None] & cmask[None, :], other=0.0)
-        new = nx.to(state_ptr.dtype.element_ty) + (os_.to(tl.float32) * keep).to(state_ptr.dtype.element_ty)
+        new = nx.to(state_ptr.dtype.element_ty) + tl.where(reset, 0.0, os_.to(tl.float32)).to(state_ptr.dtype.element_ty)
         tl.debug_barrier()
         tl.store(state_ptr + si[:, None] * C + cols[None, :], new, mask=live[:, None] & cmask[None, :])
 
 
 def causal_conv1d(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, reset: torch.Tensor, block_t: int = 0
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    reset: torch.Tensor,
+    block_t: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.causal_conv1d`; `conv_state` must be contiguous."""
     T, C = x.shape[1], x.shape[2]
     W = weight.shape[1]
     x, weight = inner_contiguous(x), inner_contiguous(weight)
-    y = torch.empty((1, T, C), dtype=x.dtype, device=x.device)
+    y = torch.empty((1, T, C), dtype=x.dtype, device=x.device) if out is None else out
     BT = block_t or 32
     assert BT >= W - 1, "time block must cover the state rows"
     BC = 128

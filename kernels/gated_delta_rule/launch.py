@@ -41,3 +41,14 @@ def launcher(kernel: Any) -> Any:
 def inner_contiguous(x: torch.Tensor) -> torch.Tensor:
     """Kernels take row strides but assume a unit stride in the last dim (a static property)."""
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor) -> None:
+    """One clear line for shapes the kernels cannot take (static shapes, checked while tracing too)."""
+    Hk, K, Hv, V = q.shape[2], q.shape[3], v.shape[2], v.shape[3]
+    if k.shape != q.shape:
+        raise ValueError(f"k shape {tuple(k.shape)} differs from q shape {tuple(q.shape)}")
+    if Hv % Hk != 0:
+        raise ValueError(f"value heads Hv={Hv} are not a multiple of key heads Hk={Hk}")
+    if tuple(state.shape) != (1, Hv, K, V) or state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"state must be a contiguous float32 [1, {Hv}, {K}, {V}], got {state.dtype} {tuple(state.shape)}")

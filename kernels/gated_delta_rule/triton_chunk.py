@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import inner_contiguous, launcher
+from .launch import check_heads, inner_contiguous, launcher
 
 CHUNK = 64
 
@@ -29,7 +29,7 @@ def _l2norm_rows(x):
 def _prep_kernel(
     k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, T,
     s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
-    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     SQUARINGS: tl.constexpr, PREC: tl.constexpr,
 ):
     i_t = tl.program_id(0)
@@ -38,9 +38,10 @@ def _prep_kernel(
     ri = tl.arange(0, BT)
     rows = i_t * BT + ri
     live = rows < T
-    ck = tl.arange(0, K)
-    kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=live[:, None], other=0.0)
-    kt = _l2norm_rows(kt.to(tl.float32))  # [BT, K]
+    ck = tl.arange(0, BK)  # K padded to a power of two >= 16 for tl.dot; padding loads zeros
+    km = live[:, None] & (ck < K)[None, :]
+    kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
+    kt = _l2norm_rows(kt.to(tl.float32))  # [BT, BK]
     g = tl.load(g_ptr + rows * s_gt + i_h * s_gh, mask=live, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + rows * s_bt + i_h * s_bh, mask=live, other=0.0).to(tl.float32)
     G = tl.cumsum(g, 0)  # [BT]
@@ -56,50 +57,56 @@ def _prep_kernel(
     for _ in tl.static_range(SQUARINGS):
         n = tl.dot(n, n, input_precision=PREC)
         inv = tl.dot(inv, eye + n, input_precision=PREC)
-    w = tl.dot(inv, kb * tl.exp(G)[:, None], input_precision=PREC)  # [BT, K]
-    tl.store(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], w.to(w_ptr.dtype.element_ty), mask=live[:, None])
+    w = tl.dot(inv, kb * tl.exp(G)[:, None], input_precision=PREC)  # [BT, BK]
+    tl.store(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], w.to(w_ptr.dtype.element_ty), mask=km)
     for v0 in tl.static_range(0, V, BV):
         cv = v0 + tl.arange(0, BV)
-        vt = tl.load(v_ptr + rows[:, None] * s_vt + i_h * s_vh + cv[None, :], mask=live[:, None], other=0.0)
+        vm = live[:, None] & (cv < V)[None, :]
+        vt = tl.load(v_ptr + rows[:, None] * s_vt + i_h * s_vh + cv[None, :], mask=vm, other=0.0)
         u = tl.dot(inv, vt.to(tl.float32) * beta[:, None], input_precision=PREC)  # [BT, BV]
-        tl.store(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], u.to(u_ptr.dtype.element_ty), mask=live[:, None])
+        tl.store(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], u.to(u_ptr.dtype.element_ty), mask=vm)
 
 
 @triton.jit
 def _scan_kernel(
     q_ptr, k_ptr, w_ptr, u_ptr, gc_ptr, state_ptr, reset_ptr, o_ptr, T, NT,
     s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
-    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     PREC: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_h = tl.program_id(1)
     hk = i_h // GROUP
     ri = tl.arange(0, BT)
-    ck = tl.arange(0, K)
+    ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
+    kin, vin = ck < K, cv < V
     causal = ri[:, None] >= ri[None, :]
-    s_offs = i_h * K * V + ck[:, None] * V + cv[None, :]  # [K, BV]
-    s = tl.where(tl.load(reset_ptr), 0.0, tl.load(state_ptr + s_offs))
+    s_offs = i_h * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
+    s_mask = kin[:, None] & vin[None, :]
+    s = tl.where(tl.load(reset_ptr), 0.0, tl.load(state_ptr + s_offs, mask=s_mask, other=0.0))
     for i_t in tl.range(0, NT):
         rows = i_t * BT + ri
         live = rows < T
-        qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=live[:, None], other=0.0)
-        qt = _l2norm_rows(qt.to(tl.float32)) * (K ** -0.5)  # [BT, K]
-        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=live[:, None], other=0.0)
+        km = live[:, None] & kin[None, :]
+        vm = live[:, None] & vin[None, :]
+        qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)
+        qt = _l2norm_rows(qt.to(tl.float32)) * (K ** -0.5)  # [BT, BK]
+        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
         kt = _l2norm_rows(kt.to(tl.float32))
-        G = tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0)
         g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
-        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=live[:, None], other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
+        G = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
+        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0).to(tl.float32)
+        u = tl.load(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
         v_new = u - tl.dot(w, s, input_precision=PREC)  # [BT, BV]
         qk = tl.dot(qt, tl.trans(kt), input_precision=PREC)  # [BT, BT]
         qk = tl.where(causal, qk * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
         o = tl.dot(qt * tl.exp(G)[:, None], s, input_precision=PREC) + tl.dot(qk, v_new, input_precision=PREC)
-        tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=live[:, None])
+        tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
         kd = kt * tl.exp(g_last - G)[:, None]
         s = s * tl.exp(g_last) + tl.dot(tl.trans(kd), v_new, input_precision=PREC)
-    tl.store(state_ptr + s_offs, s)
+    tl.store(state_ptr + s_offs, s, mask=s_mask)
 
 
 def chunk_gated_delta_rule(
@@ -111,8 +118,10 @@ def chunk_gated_delta_rule(
     state: torch.Tensor,
     reset: torch.Tensor,
     block_v: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.chunk_gated_delta_rule`; `state` must be contiguous."""
+    check_heads(q, k, v, state)
     T, Hk, K = q.shape[1], q.shape[2], q.shape[3]
     Hv, V = v.shape[2], v.shape[3]
     q, k, v = inner_contiguous(q), inner_contiguous(k), inner_contiguous(v)
@@ -121,20 +130,22 @@ def chunk_gated_delta_rule(
     w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)
     u = torch.empty((Hv, T, V), dtype=scratch, device=v.device)
     gc = torch.empty((Hv, T), dtype=torch.float32, device=v.device)
-    o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device)
+    o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     BT = CHUNK
+    BK = max(16, triton.next_power_of_2(K))
+    PV = max(16, triton.next_power_of_2(V))
     group = Hv // Hk
     launcher(_prep_kernel)[((T + BT - 1) // BT, Hv)](
         k, v, g, beta, w, u, gc, T,
         k.stride(1), k.stride(2), v.stride(1), v.stride(2), g.stride(1), g.stride(2), beta.stride(1), beta.stride(2),
-        GROUP=group, K=K, V=V, BT=BT, BV=min(V, 64), SQUARINGS=BT.bit_length() - 2, PREC=prec,
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), SQUARINGS=BT.bit_length() - 2, PREC=prec,
         num_warps=4,
     )
-    BV = block_v or min(V, 32)
-    launcher(_scan_kernel)[(V // BV, Hv)](
+    BV = block_v or min(PV, 32)
+    launcher(_scan_kernel)[((V + BV - 1) // BV, Hv)](
         q, k, w, u, gc, state, reset, o, T, (T + BT - 1) // BT,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
-        GROUP=group, K=K, V=V, BT=BT, BV=BV, PREC=prec,
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
         num_warps=4,
     )
     return o

@@ -11,41 +11,43 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import inner_contiguous, launcher
+from .launch import check_heads, inner_contiguous, launcher
 
 
 @triton.jit
 def _recurrent_kernel(
     q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, state_ptr, reset_ptr, o_ptr,
     s_qh, s_kh, s_vh, s_ah, s_bh, s_oh,
-    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_h = tl.program_id(1)
     hk = i_h // GROUP
-    ck = tl.arange(0, K)
+    ck = tl.arange(0, BK)  # K padded to a power of two; padding loads zeros
     cv = i_v * BV + tl.arange(0, BV)
-    q = tl.load(q_ptr + hk * s_qh + ck).to(tl.float32)  # [K]
-    k = tl.load(k_ptr + hk * s_kh + ck).to(tl.float32)
+    kin, vin = ck < K, cv < V
+    q = tl.load(q_ptr + hk * s_qh + ck, mask=kin, other=0.0).to(tl.float32)  # [BK]
+    k = tl.load(k_ptr + hk * s_kh + ck, mask=kin, other=0.0).to(tl.float32)
     q = q * tl.rsqrt(tl.sum(q * q, 0) + 1e-6) * (K ** -0.5)
     k = k * tl.rsqrt(tl.sum(k * k, 0) + 1e-6)
-    v = tl.load(v_ptr + i_h * s_vh + cv).to(tl.float32)  # [BV]
+    v = tl.load(v_ptr + i_h * s_vh + cv, mask=vin, other=0.0).to(tl.float32)  # [BV]
     x = tl.load(a_ptr + i_h * s_ah).to(tl.float32) + tl.load(dtb_ptr + i_h).to(tl.float32)
     softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
     g = -tl.exp(tl.load(alog_ptr + i_h).to(tl.float32)) * softplus
     beta = tl.sigmoid(tl.load(b_ptr + i_h * s_bh).to(tl.float32))
-    offs = i_h * K * V + ck[:, None] * V + cv[None, :]  # [K, BV]
-    s = tl.load(state_ptr + offs)
+    offs = i_h * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
+    smask = kin[:, None] & vin[None, :]
+    s = tl.load(state_ptr + offs, mask=smask, other=0.0)
     s = tl.where(tl.load(reset_ptr), 0.0, s) * tl.exp(g)
     delta = (v - tl.sum(s * k[:, None], 0)) * beta  # [BV]
     s = s + k[:, None] * delta[None, :]
     o = tl.sum(s * q[:, None], 0)
-    tl.store(state_ptr + offs, s)
-    tl.store(o_ptr + i_h * s_oh + cv, o.to(o_ptr.dtype.element_ty))
+    tl.store(state_ptr + offs, s, mask=smask)
+    tl.store(o_ptr + i_h * s_oh + cv, o.to(o_ptr.dtype.element_ty), mask=vin)
 
 
 def default_block_v(V: int) -> int:
-    return min(V, 16)
+    return min(triton.next_power_of_2(V), 16)
 
 
 def recurrent_gated_delta_rule(
@@ -59,17 +61,19 @@ def recurrent_gated_delta_rule(
     state: torch.Tensor,
     reset: torch.Tensor,
     block_v: int = 0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.recurrent_gated_delta_rule`; `state` must be contiguous."""
+    check_heads(q, k, v, state)
     Hk, K = q.shape[2], q.shape[3]
     Hv, V = v.shape[2], v.shape[3]
     q, k, v = inner_contiguous(q), inner_contiguous(k), inner_contiguous(v)
     a, b = inner_contiguous(a), inner_contiguous(b)
     BV = block_v or default_block_v(V)
-    o = torch.empty((1, 1, Hv, V), dtype=v.dtype, device=v.device)
-    launcher(_recurrent_kernel)[(V // BV, Hv)](
+    o = torch.empty((1, 1, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
+    launcher(_recurrent_kernel)[((V + BV - 1) // BV, Hv)](
         q, k, v, a, b, A_log, dt_bias, state, reset, o,
         q.stride(2), k.stride(2), v.stride(2), a.stride(2), b.stride(2), o.stride(2),
-        GROUP=Hv // Hk, K=K, V=V, BV=BV,
+        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV,
     )
     return o

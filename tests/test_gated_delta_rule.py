@@ -1,0 +1,261 @@
+"""Triton gated delta rule (chunked prefill, fused one-token decode) against a float64 recurrence.
+
+Per-tensor tolerances are relative RMS errors against float64 computed from the same (rounded) inputs:
+float32 inputs 1e-5 for o and the state; bfloat16 inputs 1e-2 for o (itself rounded to bf16) and the state.
+CPU cases run the kernels through TRITON_INTERPRET=1 at small shapes; `cuda` cases run the real shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gdn.kernels.gated_delta_rule import reference as ref
+from gdn.kernels.gated_delta_rule import triton_chunk, triton_decode
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRET, reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+TOL = {torch.float32: {"o": 1e-5, "state": 1e-5}, torch.bfloat16: {"o": 1e-2, "state": 1e-2}}
+LENGTHS = (1, 2, 63, 64, 65, 127, 500, 1000)
+
+
+@dataclass(frozen=True)
+class Case:
+    T: int
+    Hk: int
+    Hv: int
+    K: int
+    V: int
+    dtype: torch.dtype
+    init: str  # "zero" | "rand": the incoming state
+
+    @property
+    def id(self) -> str:
+        dt = {torch.float32: "fp32", torch.bfloat16: "bf16"}[self.dtype]
+        return f"T{self.T}-Hk{self.Hk}-Hv{self.Hv}-K{self.K}-V{self.V}-{dt}-{self.init}"
+
+
+def params(cases: list[Case], marks=()) -> list:
+    return [pytest.param(c, id=c.id, marks=marks) for c in cases]
+
+
+CPU_CHUNK = (
+    [Case(T, 2, 4, 16, 16, torch.float32, "rand") for T in LENGTHS]
+    + [Case(T, 2, 2, 16, 32, torch.bfloat16, "zero") for T in (1, 65, 127)]
+    + [Case(65, 2, 4, 8, 12, torch.float32, "rand"), Case(64, 2, 2, 32, 16, torch.float32, "zero")]
+)
+GPU_CHUNK = [
+    Case(T, 16, hv, 128, 128, dt, init)
+    for hv in (16, 32)
+    for dt in (torch.float32, torch.bfloat16)
+    for T, init in [(t, "rand") for t in LENGTHS] + [(65, "zero"), (1000, "zero"), (8192, "rand")]
+]
+CPU_DECODE = [Case(1, 2, 4, 16, 16, torch.float32, "rand"), Case(1, 2, 2, 8, 12, torch.bfloat16, "rand")]
+GPU_DECODE = [Case(1, 16, hv, 128, 128, dt, "rand") for hv in (16, 32) for dt in (torch.float32, torch.bfloat16)]
+
+
+def rel_rms(got: torch.Tensor, want: torch.Tensor) -> float:
+    got = got.double()
+    assert torch.isfinite(got).all(), "non-finite values (a NaN-poisoned element left unwritten?)"
+    return ((got - want).square().mean().sqrt() / want.square().mean().sqrt()).item()
+
+
+def gates64(a, b, A_log, dt_bias):
+    return -A_log.double().exp() * F.softplus(a.double() + dt_bias.double()), b.double().sigmoid()
+
+
+def make(c: Case, device: str, T: int | None = None) -> dict:
+    """Fresh random inputs; g and beta come from raw projections as in the model."""
+    T = c.T if T is None else T
+    d = dict(device=device)
+    x = {
+        "q": torch.randn(1, T, c.Hk, c.K, **d).to(c.dtype),
+        "k": torch.randn(1, T, c.Hk, c.K, **d).to(c.dtype),
+        "v": torch.randn(1, T, c.Hv, c.V, **d).to(c.dtype),
+        "a": torch.randn(1, T, c.Hv, **d),
+        "b": torch.randn(1, T, c.Hv, **d),
+        "A_log": torch.empty(c.Hv, **d).uniform_(0.5, 8).log(),
+        "dt_bias": torch.randn(c.Hv, **d) * 0.5,
+        "state": torch.randn(1, c.Hv, c.K, c.V, **d) * 0.5 if c.init == "rand" else torch.zeros(1, c.Hv, c.K, c.V, **d),
+    }
+    x["g"], x["beta"] = ref.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
+    return x
+
+
+def truth(x: dict, state: torch.Tensor | None = None):
+    s = x["state"] if state is None else state
+    g, beta = gates64(x["a"], x["b"], x["A_log"], x["dt_bias"])
+    return ref.naive_recurrence(x["q"].double(), x["k"].double(), x["v"].double(), g, beta, s.double())
+
+
+def run_chunk(x: dict, reset: bool, state: torch.Tensor) -> torch.Tensor:
+    out = torch.full_like(x["v"], float("nan"))
+    flag = torch.tensor([reset], device=state.device)
+    return triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out)
+
+
+def run_decode(x: dict, t: int, state: torch.Tensor, reset: bool = False) -> torch.Tensor:
+    sl = slice(t, t + 1)
+    out = torch.full_like(x["v"][:, sl], float("nan"))
+    flag = torch.tensor([reset], device=state.device)
+    return triton_decode.recurrent_gated_delta_rule(
+        x["q"][:, sl], x["k"][:, sl], x["v"][:, sl], x["a"][:, sl], x["b"][:, sl], x["A_log"], x["dt_bias"],
+        state, flag, out=out,
+    )
+
+
+def check(c: Case, o, state, o64, s64) -> None:
+    tol = TOL[c.dtype]
+    assert o.dtype == c.dtype
+    assert rel_rms(o, o64) < tol["o"], f"o rel rms {rel_rms(o, o64):.2e}"
+    assert rel_rms(state, s64) < tol["state"], f"state rel rms {rel_rms(state, s64):.2e}"
+
+
+def chunk_matches(c: Case, device: str) -> None:
+    x = make(c, device)
+    o64, s64 = truth(x)
+    state = x["state"].clone()
+    o = run_chunk(x, False, state)
+    check(c, o, state, o64, s64)
+
+
+def chunk_reset_reads_zero(c: Case, device: str) -> None:
+    x = make(c, device)
+    o64, s64 = truth(x, torch.zeros_like(x["state"]))
+    state = torch.full_like(x["state"], float("nan"))  # reset must never read it
+    o = run_chunk(x, True, state)
+    check(c, o, state, o64, s64)
+
+
+def decode_matches(c: Case, device: str, steps: int = 3) -> None:
+    x = make(c, device, T=steps)
+    o64, s64 = truth(x)
+    state = x["state"].clone()
+    o = torch.cat([run_decode(x, t, state) for t in range(steps)], dim=1)
+    check(c, o, state, o64, s64)
+
+
+def decode_reset_reads_zero(c: Case, device: str) -> None:
+    x = make(c, device)
+    o64, s64 = truth(x, torch.zeros_like(x["state"]))
+    state = torch.full_like(x["state"], float("nan"))
+    o = run_decode(x, 0, state, reset=True)
+    check(c, o, state, o64, s64)
+
+
+def prefill_then_decode(c: Case, device: str, steps: int = 4) -> None:
+    """Chunked prefill of T tokens, then `steps` fused decode steps: equals the token-by-token recurrence."""
+    x = make(c, device, T=c.T + steps)
+    o64, s64 = truth(x)
+    state = x["state"].clone()
+    pre = {n: (t[:, : c.T] if t.dim() >= 3 else t) for n, t in x.items() if n != "state"}
+    outs = [run_chunk(pre, False, state)]
+    outs += [run_decode(x, c.T + i, state) for i in range(steps)]
+    check(c, torch.cat(outs, dim=1), state, o64, s64)
+
+
+@interpreted
+@pytest.mark.parametrize("c", params(CPU_CHUNK))
+def test_chunk_cpu(c):
+    chunk_matches(c, "cpu")
+
+
+@interpreted
+@pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand")]))
+def test_chunk_reset_cpu(c):
+    chunk_reset_reads_zero(c, "cpu")
+
+
+@interpreted
+@pytest.mark.parametrize("c", params(CPU_DECODE))
+def test_decode_cpu(c):
+    decode_matches(c, "cpu")
+    decode_reset_reads_zero(c, "cpu")
+
+
+@interpreted
+@pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand"), Case(2, 2, 2, 8, 12, torch.float32, "zero")]))
+def test_prefill_then_decode_cpu(c):
+    prefill_then_decode(c, "cpu")
+
+
+def test_bad_heads_named():
+    q = torch.randn(1, 3, 3, 16)
+    v = torch.randn(1, 3, 4, 16)
+    with pytest.raises(ValueError, match="Hv=4 are not a multiple of key heads Hk=3"):
+        triton_chunk.chunk_gated_delta_rule(q, q, v, v[..., 0], v[..., 0], torch.zeros(1, 4, 16, 16), torch.tensor([True]))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c", params(GPU_CHUNK))
+def test_chunk_cuda(c):
+    chunk_matches(c, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c", params([Case(127, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16)]))
+def test_chunk_reset_cuda(c):
+    chunk_reset_reads_zero(c, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c", params(GPU_DECODE))
+def test_decode_cuda(c):
+    decode_matches(c, "cuda")
+    decode_reset_reads_zero(c, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "c", params([Case(T, 16, 32, 128, 128, dt, "rand") for T in (63, 1000) for dt in (torch.float32, torch.bfloat16)])
+)
+def test_prefill_then_decode_cuda(c):
+    prefill_then_decode(c, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c", params([Case(65, 16, 32, 128, 128, torch.bfloat16, "rand")]))
+def test_ops_equal_kernels_cuda(c):
+    """The registered ops run the same kernels: bit-equal outputs and states (outputs NaN-poisoned through
+    the caching allocator, which hands the freed NaN block to the op's output)."""
+    x = make(c, "cuda")
+    reset = torch.tensor([False], device="cuda")
+    s1, s2 = x["state"].clone(), x["state"].clone()
+    want = run_chunk(x, False, s1)
+    poison = torch.full_like(x["v"], float("nan"))
+    del poison
+    got = torch.ops.gdn.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s2, reset)
+    assert torch.equal(got, want) and torch.equal(s1, s2)
+    want = run_decode(x, 0, s1)
+    poison = torch.full_like(want, float("nan"))
+    del poison
+    sl = slice(0, 1)
+    got = torch.ops.gdn.recurrent_gated_delta_rule(
+        x["q"][:, sl], x["k"][:, sl], x["v"][:, sl], x["a"][:, sl], x["b"][:, sl], x["A_log"], x["dt_bias"], s2, reset
+    )
+    assert torch.equal(got, want) and torch.equal(s1, s2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["qwen3_next", "qwen3_5", "qwen3_5_moe"])
+@pytest.mark.parametrize("prompt_len", [1, 70])
+def test_model_ops_match_reference_cuda(name, prompt_len, hf_checkpoints):
+    """tests/hf_tiny checkpoints (K=8, V=12: padded tiles) with kernels="ops" against kernels="reference"."""
+    from gdn.export.checkpoint import load_model
+
+    path, hf = hf_checkpoints(name)
+    models = [load_model(path, max_seq_len=128, kernels=ks, device="cuda") for ks in ("reference", "ops")]
+    vocab = hf.config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, (1, prompt_len), device="cuda")
+    steps = [ids] + [torch.randint(0, vocab, (1, 1), device="cuda") for _ in range(5)]
+    pos = 0
+    with torch.no_grad():
+        for tok in steps:
+            input_pos = torch.arange(pos, pos + tok.shape[1], device="cuda")
+            want, got = (m(tok, input_pos)[0] for m in models)
+            assert (got - want).abs().max().item() < 1e-4, f"logits differ at position {pos}"
+            pos += tok.shape[1]
