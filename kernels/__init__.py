@@ -25,6 +25,7 @@ class KernelSet:
     chunk_gated_delta_rule: Callable
     recurrent_gated_delta_rule: Callable
     moe: Callable
+    moe_shared: Callable
 
 
 REFERENCE = KernelSet(
@@ -33,6 +34,7 @@ REFERENCE = KernelSet(
     _gdr_ref.chunk_gated_delta_rule,
     _gdr_ref.recurrent_gated_delta_rule,
     _moe_ref.moe,
+    _moe_ref.moe_shared,
 )
 OPS = KernelSet(
     "ops",
@@ -40,5 +42,6 @@ OPS = KernelSet(
     _gdr_op.chunk_gated_delta_rule,
     _gdr_op.recurrent_gated_delta_rule,
     _moe_op.moe,
+    _moe_op.moe_shared,
 )
 KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}

@@ -1,0 +1,173 @@
+"""The MoE Triton kernels (router, fused decode mat-vec, grouped-GEMM prefill) against the float64 loop over
+experts. CPU: small shapes through TRITON_INTERPRET=1 (tests/conftest.py). GPU: real shapes via torch.ops.gdn.
+
+Tolerances, on max |out - out_float64| relative to max |out_float64|: float32 1e-4 (fp32 accumulation over
+H <= 2048); bfloat16 1.5e-2 (bf16 inputs are exact in both; the kernels round the output, and in prefill the
+intermediate silu*up and per-slot expert outputs, to bf16, ~2^-9 each). Also: never worse than 4x the plain
+PyTorch reference's own error plus a quarter of that tolerance (routing without ties only, since
+torch.topk breaks ties its own way)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gdn.kernels.moe import op, reference
+from gdn.kernels.moe.prefill import group_by_expert
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def make_logits(T: int, E: int, mode: str, dtype, device) -> torch.Tensor:
+    """random; ties (few distinct integer logits, so ties straddle the top-k boundary); hot (expert 3 takes
+    every token); cold (all tokens go to the first 4 experts; the others get none)."""
+    if mode == "ties":
+        return torch.randint(-2, 2, (T, E), device=device).to(dtype)
+    logits = torch.randn(T, E, device=device)
+    if mode == "hot":
+        logits[:, 3] += 30.0
+    elif mode == "cold":
+        logits[:, 4:] -= 30.0
+    return logits.to(dtype)
+
+
+def make_weights(E: int, H: int, I: int, dtype, device):
+    gate_up = (torch.randn(E, 2 * I, H, device=device) * H**-0.5).to(dtype)  # [E, 2I, H]
+    down = (torch.randn(E, H, I, device=device) * I**-0.5).to(dtype)  # [E, H, I]
+    return gate_up, down
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the op allocates starts as NaN (float) or a huge value (int), not zeros or leftovers."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(2**30)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+
+
+def check(got, x, logits, gate_up, down, top_k, renorm, mode):
+    want = reference.moe_float64(x, logits, gate_up, down, top_k, renorm)  # [T, H] float64
+    assert got.dtype == x.dtype and got.shape == x.shape
+    assert not got.isnan().any()
+    scale = want.abs().max().item()
+    err = (got.double() - want).abs().max().item()
+    tol = TOL[x.dtype]
+    assert err <= tol * scale, f"max err {err:.3e} > {tol} * {scale:.3e}"
+    if mode != "ties":
+        ref_err = (reference.moe(x, logits, gate_up, down, top_k, renorm).double() - want).abs().max().item()
+        assert err <= 4 * ref_err + tol / 4 * scale, f"max err {err:.3e} vs reference {ref_err:.3e}"
+
+
+CPU_CASES = [
+    # (T, E, top_k, H, I)
+    (1, 8, 2, 48, 20),
+    (2, 8, 2, 64, 32),
+    (7, 64, 8, 64, 32),
+    (1, 64, 10, 32, 48),
+    (65, 8, 2, 48, 20),
+    (63, 16, 10, 32, 16),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("mode", ["random", "ties", "hot", "cold"])
+@pytest.mark.parametrize("T,E,top_k,H,I", CPU_CASES, ids=[f"T{c[0]}-E{c[1]}-k{c[2]}-H{c[3]}-I{c[4]}" for c in CPU_CASES])
+def test_triton_moe_interpreted(T, E, top_k, H, I, mode, dtype, poisoned):
+    x = torch.randn(T, H).to(dtype)
+    logits = make_logits(T, E, mode, dtype, "cpu")
+    gate_up, down = make_weights(E, H, I, dtype, "cpu")
+    renorm = mode != "cold"
+    got = op.moe_triton(x, logits, gate_up, down, top_k, renorm)
+    check(got, x, logits, gate_up, down, top_k, renorm, mode)
+
+
+@pytest.mark.parametrize("T", [1, 7])
+def test_moe_shared_interpreted(T, poisoned):
+    """The fused-shared variant (decode fuses the shared expert into the down kernel), with the router
+    logits as a strided column slice of the fused router/shared projection output."""
+    E, H, I, S, k = 16, 64, 32, 24, 4
+    x = torch.randn(T, H)
+    router_shared = torch.randn(T, E + 2 * S + 1)
+    gate_up, down = make_weights(E, H, I, torch.float32, "cpu")
+    shared_down = torch.randn(H, S) * S**-0.5
+    got = op.moe_shared_triton(x, router_shared, gate_up, down, shared_down, k, True)
+    want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, True)
+    assert not got.isnan().any()
+    assert (got.double() - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_group_by_expert_layout():
+    """Each expert's pairs are contiguous in ascending order, padded to the block, blocks map to experts."""
+    T, E, k, bm = 9, 6, 2, 4
+    ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).int()  # [T, k]
+    ids[:, 0] = 5  # expert 5 gets every token
+    pairs, block_expert = group_by_expert(ids, E, bm)
+    flat = ids.reshape(-1)
+    seen = []
+    for b, e in enumerate(block_expert.tolist()):
+        chunk = pairs[b * bm : (b + 1) * bm]
+        real = chunk[chunk < T * k]
+        if e == E:
+            assert real.numel() == 0
+            continue
+        assert (flat[real.long()] == e).all()
+        seen += real.tolist()
+    assert sorted(seen) == list(range(T * k))
+    assert block_expert.shape[0] == (T * k + bm - 1) // bm + E
+
+
+def test_cpu_op_is_the_reference():
+    """torch.ops.gdn.moe on CPU tensors runs the plain-PyTorch reference (what ExecuTorch CPU exports)."""
+    x, logits = torch.randn(5, 32), torch.randn(5, 8)
+    gate_up, down = make_weights(8, 32, 16, torch.float32, "cpu")
+    got = torch.ops.gdn.moe(x, logits, gate_up, down, 2, True)
+    torch.testing.assert_close(got, reference.moe(x, logits, gate_up, down, 2, True), rtol=0, atol=0)
+
+
+GPU_SHAPES = [(8, 2), (64, 8), (256, 8), (512, 10)]  # (E, top_k) at H 2048, I 512
+GPU_RUNS = [("random", t) for t in (1, 2, 7, 64, 333, 4096)] + [(m, t) for m in ("ties", "hot", "cold") for t in (1, 333, 4096)]
+
+
+@pytest.fixture(scope="module")
+def gpu_weights():
+    cache = {}
+
+    def get(E, dtype):
+        if (E, dtype) not in cache:
+            cache.clear()
+            cache[(E, dtype)] = make_weights(E, 2048, 512, dtype, "cuda")
+        return cache[(E, dtype)]
+
+    return get
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("E,top_k", GPU_SHAPES, ids=[f"E{e}-k{k}" for e, k in GPU_SHAPES])
+@pytest.mark.parametrize("mode,T", GPU_RUNS, ids=[f"{m}-T{t}" for m, t in GPU_RUNS])
+def test_gdn_moe_cuda(mode, T, E, top_k, dtype, gpu_weights, poisoned):
+    gate_up, down = gpu_weights(E, dtype)
+    x = torch.randn(T, 2048, device="cuda").to(dtype)
+    logits = make_logits(T, E, mode, dtype, "cuda")
+    renorm = mode != "cold"
+    got = torch.ops.gdn.moe(x, logits, gate_up, down, top_k, renorm)
+    check(got, x, logits, gate_up, down, top_k, renorm, mode)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("T", [1, 333])
+def test_gdn_moe_shared_cuda(T, poisoned):
+    E, H, I, S, k = 256, 2048, 512, 512, 8
+    gate_up, down = make_weights(E, H, I, torch.bfloat16, "cuda")
+    x = torch.randn(T, H, device="cuda").bfloat16()
+    router_shared = torch.randn(T, E + 2 * S + 1, device="cuda").bfloat16()
+    shared_down = (torch.randn(H, S, device="cuda") * S**-0.5).bfloat16()
+    got = torch.ops.gdn.moe_shared(x, router_shared, gate_up, down, shared_down, k, True)
+    want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, True)
+    assert not got.isnan().any()
+    assert (got.double() - want).abs().max().item() <= 1.5e-2 * want.abs().max().item()
