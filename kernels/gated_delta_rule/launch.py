@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from triton.runtime.jit import JITFunction
 
 
@@ -30,12 +31,26 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreter_scalar_index()
 
 
+class _Interpreted:
+    """An interpreted kernel that skips launches on fake tensors (shape propagation while tracing)."""
+
+    def __init__(self, kernel: Any):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            if not any(isinstance(a, FakeTensor) for a in args):
+                self.kernel[grid](*args, **kwargs)
+
+        return run
+
+
 def launcher(kernel: Any) -> Any:
-    """`wrap_triton(kernel)` so export/AOTInductor see the kernel; the bare kernel under TRITON_INTERPRET=1,
-    where `triton.jit` yields an InterpretedFunction that `wrap_triton` rejects."""
+    """`wrap_triton(kernel)` so export/AOTInductor see the kernel; under TRITON_INTERPRET=1 `triton.jit`
+    yields an InterpretedFunction, which `wrap_triton` rejects, so launch it directly."""
     if isinstance(kernel, JITFunction):
         return torch.library.wrap_triton(kernel)
-    return kernel
+    return _Interpreted(kernel)
 
 
 def inner_contiguous(x: torch.Tensor) -> torch.Tensor:

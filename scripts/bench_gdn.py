@@ -1,0 +1,223 @@
+"""Benchmark of the gdn Triton kernels on one CUDA device (CUDA events, medians), in one run:
+
+- decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes: us/call, bytes, GB/s against a
+  device-to-device copy of the same bytes measured here; states rotate through more memory than L2 holds.
+- chunked prefill at T = 1024, 4096, 8192 beside FLA's chunk_gated_delta_rule (if importable), per-kernel split.
+- causal conv1d: us/call, decode and prefill.
+
+Usage: python scripts/bench_gdn.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from gdn.kernels.causal_conv1d import reference as conv_ref
+from gdn.kernels.causal_conv1d import triton_conv
+from gdn.kernels.gated_delta_rule import reference as gdr_ref
+from gdn.kernels.gated_delta_rule import triton_chunk, triton_decode
+
+HK, HV, K, V, W = 16, 32, 128, 128, 4
+ROTATE = 48  # states per rotation: 48 x 2 MiB = 96 MiB > the 50 MiB L2 of an H100
+
+
+def timed(fn, reps: int = 30, inner: int = 20) -> float:
+    """Median over `reps` of the mean time of `inner` back-to-back calls, in microseconds."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / inner)
+    return statistics.median(samples)
+
+
+def graphed(fn, calls: int):
+    """Capture `calls` invocations of fn (each call index i) in one CUDA graph; returns replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for i in range(calls):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    return graph.replay
+
+
+def copy_bandwidth(nbytes: int, rotate: int) -> tuple[float, float]:
+    """(us per copy, GB/s counting read + write) for copies of `nbytes` rotating over `rotate` pairs, graphed."""
+    src = [torch.empty(nbytes // 4, device="cuda") for _ in range(rotate)]
+    dst = [torch.empty(nbytes // 4, device="cuda") for _ in range(rotate)]
+    replay = graphed(lambda i: dst[i].copy_(src[i]), rotate)
+    us = timed(replay, inner=5) / rotate
+    return us, 2 * nbytes / us / 1e3
+
+
+def bench_copy(rows: list) -> float:
+    us, gbs = copy_bandwidth(1 << 30, 1)
+    rows.append(("copy 1 GiB d2d (graphed)", f"{us:.1f} us", f"{gbs:.0f} GB/s"))
+    return gbs
+
+
+def decode_inputs(dtype=torch.bfloat16):
+    d = dict(device="cuda")
+    return dict(
+        q=torch.randn(1, 1, HK, K, **d).to(dtype), k=torch.randn(1, 1, HK, K, **d).to(dtype),
+        v=torch.randn(1, 1, HV, V, **d).to(dtype), a=torch.randn(1, 1, HV, **d).to(dtype),
+        b=torch.randn(1, 1, HV, **d).to(dtype), A_log=torch.rand(HV, **d), dt_bias=torch.randn(HV, **d),
+    )
+
+
+def bench_decode(rows: list, results: dict) -> None:
+    x = decode_inputs()
+    states = [torch.randn(1, HV, K, V, device="cuda") * 0.1 for _ in range(ROTATE)]
+    reset = torch.zeros(1, dtype=torch.bool, device="cuda")
+    out = torch.empty(1, 1, HV, V, dtype=torch.bfloat16, device="cuda")
+    state_bytes = HV * K * V * 4
+    moved = 2 * state_bytes + (2 * HK * K + 2 * HV * V + 2 * HV) * 2 + 2 * HV * 4
+    copy_us, copy_gbs = copy_bandwidth(state_bytes, ROTATE)
+    rows.append((f"copy {state_bytes >> 20} MiB d2d x{ROTATE} rotating (graphed)", f"{copy_us:.2f} us", f"{copy_gbs:.0f} GB/s"))
+    results["decode_copy_gbs"] = copy_gbs
+    args = lambda s: (x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], s, reset)
+    for bv in (16, 32, 64):
+        for mode in ("graphed", "eager"):
+            call = lambda i, bv=bv: triton_decode.recurrent_gated_delta_rule(*args(states[i % ROTATE]), block_v=bv, out=out)
+            if mode == "graphed":
+                replay = graphed(call, ROTATE)
+                us = timed(replay, inner=5) / ROTATE
+            else:
+                counter = iter(range(10**9))
+                us = timed(lambda: call(next(counter)))
+            gbs = moved / us / 1e3
+            rows.append((f"decode fused BV={bv} ({mode})", f"{us:.2f} us", f"{gbs:.0f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy"))
+            results[f"decode_bv{bv}_{mode}_us"] = us
+    ref_call = lambda i: gdr_ref.recurrent_gated_delta_rule(*args(states[i % ROTATE]))
+    replay = graphed(ref_call, ROTATE)
+    us = timed(replay, inner=2, reps=10) / ROTATE
+    rows.append(("decode reference PyTorch, unfused (graphed)", f"{us:.2f} us", f"{moved / us / 1e3:.0f} GB/s"))
+    results["decode_reference_graphed_us"] = us
+    rows.append(("decode bytes moved per call", f"{moved} B", "state read + write dominates"))
+
+
+def prefill_inputs(T: int, dtype=torch.bfloat16):
+    d = dict(device="cuda")
+    a, b = torch.randn(1, T, HV, **d), torch.randn(1, T, HV, **d)
+    A_log, dt_bias = torch.empty(HV, **d).uniform_(0.5, 8).log(), torch.randn(HV, **d) * 0.5
+    g, beta = gdr_ref.gates(a, b, A_log, dt_bias)
+    return dict(
+        q=torch.randn(1, T, HK, K, **d).to(dtype), k=torch.randn(1, T, HK, K, **d).to(dtype),
+        v=torch.randn(1, T, HV, V, **d).to(dtype), g=g, beta=beta, state=torch.randn(1, HV, K, V, **d) * 0.1,
+        a=a, b=b, A_log=A_log, dt_bias=dt_bias,
+    )
+
+
+def kernel_split(fn) -> str:
+    """CUDA time per kernel name (profiler), for one call after warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    parts = []
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.device_time_total > 0:
+            parts.append(f"{e.key[:28]} {e.device_time_total / 1e3:.3f}")
+    return "; ".join(parts)
+
+
+def bench_prefill(rows: list, results: dict) -> None:
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
+    except Exception as e:  # noqa: BLE001  (FLA is optional here; say why it is missing)
+        fla_chunk = None
+        rows.append(("FLA", "not importable", repr(e)[:80]))
+    reset = torch.zeros(1, dtype=torch.bool, device="cuda")
+    for T in (1024, 4096, 8192):
+        for dtype in (torch.bfloat16, torch.float32):
+            x = prefill_inputs(T, dtype)
+            s = x["state"].clone()
+            ours = lambda: triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s, reset)
+            ms = timed(ours, reps=15, inner=3) / 1e3
+            tag = "bf16" if dtype == torch.bfloat16 else "fp32"
+            results[f"prefill_T{T}_{tag}_ms"] = ms
+            rows.append((f"prefill ours T={T} {tag}", f"{ms:.3f} ms", kernel_split(ours)))
+            if fla_chunk is None or dtype != torch.bfloat16:
+                continue
+            with torch.no_grad():
+                theirs = lambda: fla_chunk(
+                    x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=x["state"], output_final_state=True,
+                    use_qk_l2norm_in_kernel=True,
+                )
+                fms = timed(theirs, reps=15, inner=3) / 1e3
+                o_fla, s_fla = theirs()
+            s2 = x["state"].clone()
+            o = triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s2, reset)
+            rel = ((o.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
+            srel = ((s2 - s_fla.float()).norm() / s_fla.float().norm()).item()
+            results[f"prefill_T{T}_fla_ms"] = fms
+            rows.append((f"prefill FLA  T={T} bf16", f"{fms:.3f} ms", f"ours/FLA {ms / fms:.2f}x; rel diff o {rel:.1e} state {srel:.1e}"))
+            gate = lambda: gdr_ref.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
+            rows.append((f"  gate math in PyTorch T={T}", f"{timed(gate) / 1e3:.3f} ms", "upper bound on fusing gates into the prep kernel"))
+
+
+def bench_conv(rows: list, results: dict) -> None:
+    C = 2 * HK * K + HV * V
+    weight = torch.randn(C, W, device="cuda")
+    reset = torch.zeros(1, dtype=torch.bool, device="cuda")
+    for T in (1, 1024, 4096, 8192):
+        x = torch.randn(1, T, C, device="cuda").to(torch.bfloat16)
+        st = torch.randn(1, W - 1, C, device="cuda").to(torch.bfloat16)
+        us = timed(lambda: triton_conv.causal_conv1d(x, st, weight, reset))
+        moved = 2 * x.numel() * 2 + weight.numel() * 4 + 2 * st.numel() * 2
+        extra = ""
+        if T == 1:
+            replay = graphed(lambda i: triton_conv.causal_conv1d(x, st, weight, reset), 20)
+            gus = timed(replay, inner=5) / 20
+            extra = f"graphed {gus:.2f} us; "
+            results["conv_decode_graphed_us"] = gus
+            rus = timed(lambda: conv_ref.causal_conv1d(x, st, weight, reset))
+            extra += f"reference eager {rus:.1f} us"
+        results[f"conv_T{T}_us"] = us
+        rows.append((f"conv T={T} C={C} bf16 (eager)", f"{us:.2f} us", extra or f"{moved / us / 1e3:.0f} GB/s"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--only", choices=["decode", "prefill", "conv"], action="append")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_gdn: needs a CUDA device", file=sys.stderr)
+        return 2
+    rows: list = [("device", torch.cuda.get_device_name(0), f"torch {torch.__version__}")]
+    results: dict = {"device": torch.cuda.get_device_name(0)}
+    results["copy_1GiB_gbs"] = bench_copy(rows)
+    sections = {"decode": bench_decode, "prefill": bench_prefill, "conv": bench_conv}
+    for name in args.only or list(sections):
+        sections[name](rows, results)
+    width = max(len(r[0]) for r in rows)
+    for r in rows:
+        print(f"{r[0]:<{width}}  {r[1]:>14}  {r[2]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
