@@ -1,0 +1,70 @@
+"""Lower the two exported methods into one ExecuTorch program, per backend.
+
+CPU: XNNPACK delegates the dense math; everything else runs on the portable kernels of the pip wheel.
+The mutable state buffers are planned once in a memory arena the two methods share.
+CUDA: ExecuTorch's CUDA backend compiles each method with AOTInductor into its own shared library;
+the state lives inside the delegate as constants, weights go to the external `.ptd`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch.export import ExportedProgram
+
+
+def ensure_flatc() -> None:
+    """executorch 1.2.0's wheel ships flatc but does not look for it."""
+    if "FLATC_EXECUTABLE" not in os.environ:
+        import executorch
+
+        flatc = Path(next(iter(executorch.__path__))) / "data" / "bin" / "flatc"
+        if flatc.exists():
+            os.environ["FLATC_EXECUTABLE"] = str(flatc)
+
+
+def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):
+    """-> ExecutorchProgramManager with shared mutable state."""
+    ensure_flatc()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+
+    edge = to_edge_transform_and_lower(
+        programs,
+        partitioner=[XnnpackPartitioner()],
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    _add_named_data(edge, named_data)
+    planning = MemoryPlanningPass(alloc_mutable_buffers=True, share_mutable_buffers=True)
+    return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True))
+
+
+def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):
+    """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
+    ensure_flatc()
+    from executorch.backends.cuda.cuda_backend import CudaBackend
+    from executorch.backends.cuda.cuda_partitioner import CudaPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+
+    partitioners = {name: [CudaPartitioner([CudaBackend.generate_method_name_compile_spec(name)])] for name in programs}
+    edge = to_edge_transform_and_lower(
+        programs,
+        partitioner=partitioners,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+    )
+    _add_named_data(edge, named_data)
+    config = ExecutorchBackendConfig(
+        extract_delegate_segments=True,
+        do_quant_fusion_and_const_prop=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+    )
+    return edge.to_executorch(config)
+
+
+def _add_named_data(edge, named_data: dict[str, bytes]) -> None:
+    """Our metadata entries live in the .pte itself (external_tag None)."""
+    for key, data in named_data.items():
+        edge._named_data_store.add_named_data(key, data, 1, None)

@@ -1,0 +1,264 @@
+"""gdn-export: checkpoint -> one ExecuTorch artifact with `prefill` and `decode` sharing weights and state.
+
+Stages: load weights, export prefill, export decode, lower + compile, write (temporary files in the target
+folder, renamed at the end, so a failed export leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.export import Dim, ExportedProgram, export
+
+from gdn.runner.artifact import METADATA_KEY, TOKENIZER_KEY, Metadata, data_path_for
+
+from .checkpoint import CheckpointError, load_model
+from .config import ConfigError, ModelConfig, load_config
+from .lower import lower_cpu, lower_cuda
+from .metadata import TokenizerFilesError, build_metadata, read_tokenizer_files
+from .model import GDNForCausalLM
+from .progress import Progress
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model"
+# the reference chunked gated delta rule traces to plain ATen for one chunk of at most 64 tokens
+REFERENCE_PREFILL_CHUNK = 64
+DEFAULT_CUDA_PREFILL_CHUNK = 1024
+DEFAULT_MAX_SEQ_LEN = 4096
+GDN_OPS = ("gdn::causal_conv1d", "gdn::chunk_gated_delta_rule", "gdn::recurrent_gated_delta_rule")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ExportError(Exception):
+    """A one-line, user-facing reason the export cannot be done."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    output: Path
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    backend: str = "auto"  # auto | cuda | cpu
+    dtype: str | None = None  # fp32 | bf16; None: bf16 on CUDA, fp32 on CPU
+    state_dtype: str | None = None  # None: the checkpoint's mamba_ssm_dtype, else fp32
+    max_seq_len: int | None = None  # None: min(DEFAULT_MAX_SEQ_LEN, max_position_embeddings)
+    max_prefill_chunk: int | None = None
+    kernels: str = "auto"  # auto | ops | reference
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    data_path: Path | None
+    meta: Metadata
+    kernels: str
+    sizes: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class PrefillMethod(torch.nn.Module):
+    """`prefill` of the artifact: the chunked path for any T in [1, max chunk]."""
+
+    def __init__(self, model: GDNForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.model.prefill(tokens, input_pos)
+
+
+class DecodeMethod(torch.nn.Module):
+    """`decode` of the artifact: one token, static shapes."""
+
+    def __init__(self, model: GDNForCausalLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, input_pos)
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if backend not in ("cuda", "cpu"):
+        raise ExportError(f"unknown backend {backend!r}; expected auto, cuda or cpu")
+    if backend == "cuda" and not torch.cuda.is_available():
+        raise ExportError("--backend cuda needs an NVIDIA GPU with CUDA, and none is available here")
+    return backend
+
+
+def ops_lower_with_aoti(cfg: ModelConfig) -> bool:
+    """Our torch.ops.gdn.* compile into an AOTInductor library only when they are Triton ops."""
+    from torch._library.triton import get_triton_kernels_for_op
+
+    needed = GDN_OPS + (("gdn::moe",) if any(cfg.moe_layers) else ())
+    return all(get_triton_kernels_for_op(op) for op in needed)
+
+
+def choose_kernels(backend: str, requested: str, cfg: ModelConfig) -> str:
+    if requested not in ("auto", "ops", "reference"):
+        raise ExportError(f"unknown kernel set {requested!r}; expected auto, ops or reference")
+    if backend == "cpu":
+        if requested == "ops":
+            raise ExportError("--kernels ops is for CUDA; the CPU runtime executes the reference kernels")
+        return "reference"
+    if requested != "auto":
+        return requested
+    return "ops" if ops_lower_with_aoti(cfg) else "reference"
+
+
+def _dtype(name: str | None, default: torch.dtype, flag: str) -> torch.dtype:
+    if name is None:
+        return default
+    if name not in DTYPES:
+        raise ExportError(f"unknown {flag} {name!r}; expected fp32 or bf16")
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Plan:
+    cfg: ModelConfig
+    backend: str
+    kernels: str
+    dtype: torch.dtype
+    state_dtype: torch.dtype
+    max_seq_len: int
+    max_prefill_chunk: int
+
+
+def plan(opts: ExportOptions) -> Plan:
+    """Check every option against the checkpoint before any heavy work."""
+    ckpt = Path(opts.checkpoint)
+    if not ckpt.is_dir():
+        what = "the bundled default model" if ckpt == DEFAULT_CHECKPOINT else "checkpoint"
+        raise ExportError(f"{what} directory {ckpt} does not exist")
+    cfg = load_config(ckpt)
+    backend = resolve_backend(opts.backend)
+    kernels = choose_kernels(backend, opts.kernels, cfg)
+    dtype = _dtype(opts.dtype, torch.bfloat16 if backend == "cuda" else torch.float32, "--dtype")
+    state_default = DTYPES.get(cfg.ssm_state_dtype or "float32", torch.float32)
+    state_dtype = _dtype(opts.state_dtype, state_default, "--state-dtype")
+    limit = cfg.max_position_embeddings
+    max_seq_len = opts.max_seq_len if opts.max_seq_len is not None else min(DEFAULT_MAX_SEQ_LEN, limit)
+    if max_seq_len < 2:
+        raise ExportError(f"--max-seq-len must be at least 2, got {max_seq_len}")
+    if max_seq_len > limit:
+        raise ExportError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings {limit}")
+    bound = REFERENCE_PREFILL_CHUNK if kernels == "reference" else max_seq_len
+    default_chunk = REFERENCE_PREFILL_CHUNK if kernels == "reference" else DEFAULT_CUDA_PREFILL_CHUNK
+    chunk = min(opts.max_prefill_chunk or default_chunk, bound, max_seq_len)
+    if opts.max_prefill_chunk is not None and opts.max_prefill_chunk < 1:
+        raise ExportError(f"--max-prefill-chunk must be at least 1, got {opts.max_prefill_chunk}")
+    if opts.max_prefill_chunk is not None and opts.max_prefill_chunk > bound:
+        raise ExportError(f"--max-prefill-chunk {opts.max_prefill_chunk} exceeds {bound}, the bound of the {kernels} kernels")
+    return Plan(cfg, backend, kernels, dtype, state_dtype, max_seq_len, chunk)
+
+
+def export_methods(model: GDNForCausalLM, chunk: int, progress: Progress) -> dict[str, ExportedProgram]:
+    # example T = 2 (not 1): torch.export specialises a dimension whose example size is 1
+    example_t = min(2, chunk)
+    tokens = torch.zeros(1, example_t, dtype=torch.long)
+    pos = torch.arange(example_t)
+    out = {}
+    with torch.no_grad():
+        with progress.stage("export prefill"):
+            if chunk > 1:
+                T = Dim("T", min=1, max=chunk)
+                out["prefill"] = export(PrefillMethod(model), (tokens, pos), dynamic_shapes=({1: T}, {0: T}), strict=True)
+            else:
+                out["prefill"] = export(PrefillMethod(model), (tokens[:, :1], pos[:1]), strict=True)
+        with progress.stage("export decode"):
+            one = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+            out["decode"] = export(DecodeMethod(model), one, strict=True)
+    return out
+
+
+def _check_space(folder: Path, needed: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise ExportError(f"out of disk space in {folder}: about {needed / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free")
+
+
+def _weights_bytes(model: GDNForCausalLM) -> int:
+    seen, total = set(), 0
+    for p in list(model.parameters()) + list(model.buffers()):
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def write_artifact(et_program, output: Path, with_data: bool) -> tuple[Path, Path | None]:
+    """Write the .pte (and .ptd) under temporary names in the target folder, then rename them into place."""
+    folder = output.parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=folder))
+    try:
+        pte_tmp = tmp / output.name
+        with open(pte_tmp, "wb") as f:
+            et_program.write_to_file(f)
+        data_path = None
+        if with_data:
+            blobs = et_program._tensor_data or {}
+            if len(blobs) != 1:
+                raise ExportError(f"the CUDA lowering wrote {len(blobs)} data files ({sorted(blobs)}); expected one")
+            (cord,) = blobs.values()
+            data_path = data_path_for(output)
+            with open(tmp / data_path.name, "wb") as f:
+                cord.write_to_file(f)
+            os.replace(tmp / data_path.name, data_path)
+        try:
+            os.replace(pte_tmp, output)
+        except OSError:
+            if data_path is not None:
+                data_path.unlink(missing_ok=True)
+            raise
+        return output, data_path
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise ExportError(f"out of disk space writing {output}: {e.strerror}") from None
+        raise ExportError(f"cannot write {output}: {e.strerror}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportResult:
+    progress = progress or Progress(quiet=True)
+    output = Path(opts.output).absolute()
+    if output.suffix != ".pte":
+        raise ExportError(f"output {output} must end in .pte")
+    if not output.parent.is_dir():
+        raise ExportError(f"output folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise ExportError(f"output folder {output.parent} is not writable")
+    p = plan(opts)
+    progress.info(f"{p.cfg.family}: {p.cfg.num_hidden_layers} layers, backend {p.backend}, kernels {p.kernels}, "
+                  f"dtype {str(p.dtype)[6:]}, max_seq_len {p.max_seq_len}, prefill chunk {p.max_prefill_chunk}")
+    files = read_tokenizer_files(Path(opts.checkpoint))
+    if files.tokenizer_json is None:
+        progress.info("no tokenizer.json in the checkpoint: the artifact takes token ids")
+    with progress.stage("load weights"):
+        model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, "cpu")
+    _check_space(output.parent, int(_weights_bytes(model) * 1.1) + (1 << 20))
+    meta = build_metadata(p.cfg, model, files, p.backend, p.max_prefill_chunk, p.dtype, p.state_dtype)
+    named = {METADATA_KEY: meta.to_json().encode("utf-8")}
+    if files.tokenizer_json is not None:
+        named[TOKENIZER_KEY] = files.tokenizer_json.encode("utf-8")
+    programs = export_methods(model, p.max_prefill_chunk, progress)
+    with progress.stage(f"lower and compile prefill + decode ({p.backend})"):
+        lower = lower_cuda if p.backend == "cuda" else lower_cpu
+        et_program = lower(programs, named)
+    with progress.stage("write"):
+        path, data_path = write_artifact(et_program, output, with_data=p.backend == "cuda")
+    sizes = {path.name: path.stat().st_size}
+    if data_path is not None:
+        sizes[data_path.name] = data_path.stat().st_size
+    progress.info("wrote " + ", ".join(f"{n} ({s / 2**20:.1f} MiB)" for n, s in sizes.items()))
+    return ExportResult(path, data_path, meta, p.kernels, sizes, dict(progress.timings))
+
+
+USER_ERRORS = (ExportError, ConfigError, CheckpointError, TokenizerFilesError)
