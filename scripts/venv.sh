@@ -8,7 +8,7 @@ _extras=${1:-}
 _python=""
 for candidate in "${PYTHON:-}" python3.12 python3.11 python3; do
   if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 \
-     && "$candidate" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))'; then
+     && "$candidate" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null; then
     _python=$candidate
     break
   fi
