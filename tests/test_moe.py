@@ -74,6 +74,10 @@ CPU_CASES = [
 ]
 
 
+INTERPRETER_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; the GPU runs the real shapes")
+
+
+@INTERPRETER_ONLY
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("mode", ["random", "ties", "hot", "cold"])
 @pytest.mark.parametrize("T,E,top_k,H,I", CPU_CASES, ids=[f"T{c[0]}-E{c[1]}-k{c[2]}-H{c[3]}-I{c[4]}" for c in CPU_CASES])
@@ -86,6 +90,7 @@ def test_triton_moe_interpreted(T, E, top_k, H, I, mode, dtype, poisoned):
     check(got, x, logits, gate_up, down, top_k, renorm, mode)
 
 
+@INTERPRETER_ONLY
 @pytest.mark.parametrize("T", [1, 7])
 def test_moe_shared_interpreted(T, poisoned):
     """The fused-shared variant (decode fuses the shared expert into the down kernel), with the router
