@@ -88,9 +88,14 @@ class GraphedStep:
         current = torch.cuda.current_stream()
         stream.wait_stream(current)
         try:
-            with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=self.capture_error_mode):
-                self.step()
-        except Exception as e:  # a capture error leaves no work recorded or run: fall back to eager for good
+            # not torch.cuda.graph(): when capture_end raises, its __exit__ leaves the side stream current
+            with torch.cuda.stream(stream):
+                graph.capture_begin(pool, capture_error_mode=self.capture_error_mode)
+                try:
+                    self.step()
+                finally:
+                    graph.capture_end()
+        except Exception as e:  # a failed capture ran nothing: fall back to eager for good
             current.wait_stream(stream)
             self.state, self.fallback_reason = GraphState.EAGER, f"capture failed: {type(e).__name__}: {e}"
             self._graph = self._pool = None

@@ -1,0 +1,158 @@
+"""The warmup -> capture -> replay state machine (GPU): on a counter step, on the eager model behind the
+Methods interface (fp32, kernels="ops"), and on an AOTInductor-compiled decode module."""
+
+import random
+
+import pytest
+import torch
+
+from gdn.runner import Runner, SamplingParams
+from gdn.runner.cuda_graph import GraphedStep, GraphState
+from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, metadata, tokenizer_json
+
+pytestmark = pytest.mark.cuda
+MAX_SEQ = 256
+GREEDY = SamplingParams(temperature=0.0)
+SAMPLED = SamplingParams(temperature=1.0, top_k=40, top_p=0.9, seed=1234)
+
+
+def test_counter_step_warms_up_captures_once_and_each_call_runs_once():
+    x = torch.zeros(1, device="cuda")
+    g = GraphedStep(lambda: x.add_(1), warmup=3)
+    states = []
+    for _ in range(10):
+        g()
+        states.append(g.state)
+    assert float(x) == 10  # the capturing call ran exactly once (by its replay), every replay once
+    assert states == [GraphState.WARMUP] * 3 + [GraphState.READY] * 7
+    assert vars(g.counters) == {"eager_calls": 3, "captures": 1, "replays": 7}
+
+
+def test_changed_dependency_recaptures_instead_of_replaying_a_stale_graph():
+    holder = {"buf": torch.zeros(4, device="cuda")}
+    g = GraphedStep(lambda: holder["buf"].add_(1), lambda: holder["buf"].data_ptr(), warmup=2)
+    for _ in range(5):
+        g()
+    old = holder["buf"]
+    holder["buf"] = torch.zeros(4, device="cuda") + 100  # the state was reallocated
+    for _ in range(5):
+        g()
+    assert old.tolist() == [5.0] * 4 and holder["buf"].tolist() == [105.0] * 4
+    assert vars(g.counters) == {"eager_calls": 4, "captures": 2, "replays": 6}
+
+
+def test_capture_failure_falls_back_to_eager_and_says_why():
+    x = torch.zeros(1, device="cuda")
+
+    def step():
+        x.add_(1)
+        x.item()  # a host synchronisation: not capturable
+
+    g = GraphedStep(step, warmup=1)
+    for _ in range(4):
+        g()
+    assert g.state is GraphState.EAGER and "capture failed" in g.fallback_reason
+    assert float(x) == 4 and vars(g.counters) == {"eager_calls": 4, "captures": 0, "replays": 0}
+
+
+def test_disabled_runs_eagerly():
+    x = torch.zeros(1, device="cuda")
+    g = GraphedStep(lambda: x.add_(1), enabled=False)
+    for _ in range(5):
+        g()
+    assert float(x) == 5 and g.state is GraphState.EAGER and g.counters.captures == 0
+
+
+@pytest.fixture(scope="module")
+def eager_cuda():
+    return load_eager(DEFAULT_MODEL, MAX_SEQ, device="cuda", kernels="ops")
+
+
+def runners(eager_cuda, **meta):
+    model, methods = eager_cuda
+    m = metadata(model, MAX_SEQ, 64, DEFAULT_MODEL, stop_token_ids=[], eos_token_ids=[], **meta)
+    return (Runner(methods, m, tokenizer_json(), cuda_graph=True),
+            Runner(methods, m, tokenizer_json(), cuda_graph=False))
+
+
+def ids(n):
+    return [random.randrange(3, 512) for _ in range(n)]
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_graph_replay_gives_eager_tokens_for_200_plus_steps(eager_cuda, sampling):
+    graphed, eager = runners(eager_cuda)
+    prompt = ids(17)
+    g = graphed.generate(prompt, max_new_tokens=230, sampling=sampling)
+    e = eager.generate(prompt, max_new_tokens=230, sampling=sampling)
+    assert g.generated_ids == e.generated_ids and len(g.generated_ids) == 230
+    if sampling is GREEDY:
+        assert g.generated_ids == greedy_reference(eager_cuda[0], prompt, 230)
+    assert g.decode_path == "cuda_graph" and g.graph == {"eager_calls": 3, "captures": 1, "replays": 226}
+    assert e.decode_path == "eager" and e.graph == {"eager_calls": 229, "captures": 0, "replays": 0}
+
+
+def test_one_capture_serves_other_positions_new_prompts_sessions_and_the_end_of_the_context(eager_cuda):
+    graphed, eager = runners(eager_cuda)
+    cases = [(ids(5), 40), (ids(61), 50), (ids(MAX_SEQ - 12), 100), (ids(2), 20)]
+    for prompt, n in cases:  # captured at position 5 + 3; replayed from other starts after state resets
+        g = graphed.generate(prompt, max_new_tokens=n, sampling=SAMPLED)
+        e = eager.generate(prompt, max_new_tokens=n, sampling=SAMPLED)
+        assert g.generated_ids == e.generated_ids
+    assert g.graph["captures"] == 1
+    near_end = graphed.generate(cases[2][0], max_new_tokens=100, sampling=GREEDY)
+    assert near_end.stop_reason == "context_full" and len(near_end.generated_ids) == 12  # last fed position 255
+    assert near_end.generated_ids == eager.generate(cases[2][0], max_new_tokens=100, sampling=GREEDY).generated_ids
+    sg, se = graphed.session(), eager.session()
+    for turn in (ids(9), ids(4), ids(7)):
+        assert sg.generate(turn, max_new_tokens=15, sampling=GREEDY).generated_ids == \
+               se.generate(turn, max_new_tokens=15, sampling=GREEDY).generated_ids
+    assert graphed.graph_counters["captures"] == 1
+
+
+def test_a_new_sampling_structure_recaptures(eager_cuda):
+    graphed, eager = runners(eager_cuda)
+    prompt = ids(8)
+    graphed.generate(prompt, max_new_tokens=10, sampling=GREEDY)
+    g = graphed.generate(prompt, max_new_tokens=20, sampling=SAMPLED)
+    assert g.graph["captures"] == 2
+    assert g.generated_ids == eager.generate(prompt, max_new_tokens=20, sampling=SAMPLED).generated_ids
+
+
+class AotiDecode:
+    """An AOTInductor-packaged decode module as Methods (the prompt is fed through decode, one token a call)."""
+
+    def __init__(self, compiled, device):
+        self.compiled, self.device = compiled, device
+
+    def decode(self, tokens, input_pos):
+        return self.compiled(tokens, input_pos)
+
+    def prefill(self, tokens, input_pos):
+        for i in range(tokens.shape[1]):
+            logits = self.decode(tokens[:, i : i + 1], input_pos[i : i + 1])
+        return logits
+
+    def close(self):
+        pass
+
+
+def test_aoti_decode_graph_replay_matches_its_eager_calls(eager_cuda, tmp_path):
+    model, _ = load_eager(DEFAULT_MODEL, 64, device="cuda", kernels="ops")
+    args = (torch.zeros(1, 1, dtype=torch.int64, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda"))
+    with torch.no_grad():
+        ep = torch.export.export(model, args, strict=False)
+        pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "decode.pt2"))
+    compiled = torch._inductor.aoti_load_package(pkg)
+    methods = AotiDecode(compiled, torch.device("cuda"))
+    m = metadata(model, 64, 64, DEFAULT_MODEL, stop_token_ids=[], eos_token_ids=[])
+    graphed = Runner(methods, m, tokenizer_json(), cuda_graph=True)
+    eager = Runner(methods, m, tokenizer_json(), cuda_graph=False)
+    prompt = ids(6)
+    for sampling in (GREEDY, SAMPLED):
+        e = eager.generate(prompt, max_new_tokens=50, sampling=sampling)
+        g = graphed.generate(prompt, max_new_tokens=50, sampling=sampling)
+        assert g.generated_ids == e.generated_ids and g.decode_path == "cuda_graph"
+    assert graphed.graph_counters["captures"] == 2 and graphed.graph_counters["replays"] > 80
+    ref = greedy_reference(model, prompt, 50)
+    assert eager.generate(prompt, max_new_tokens=50, sampling=GREEDY).generated_ids == ref
