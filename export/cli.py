@@ -35,15 +35,17 @@ def _quiet_libraries() -> None:
               help="Largest prefill length per call (CPU and reference kernels: at most 64).")
 @click.option("--kernels", type=click.Choice(["auto", "ops", "reference"]), default="auto", show_default=True,
               help="GDN kernels for CUDA: ops (Triton) when they compile with AOTInductor, else reference.")
+@click.option("--autotune/--no-autotune", default=True, show_default=True,
+              help="CUDA: let AOTInductor autotune the GEMMs (faster kernels, much longer export).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--verbose", "-v", is_flag=True, help="Show library logs and details.")
-def main(output, checkpoint, backend, dtype, state_dtype, max_seq_len, max_prefill_chunk, kernels, quiet, verbose):
+def main(output, checkpoint, backend, dtype, state_dtype, max_seq_len, max_prefill_chunk, kernels, autotune, quiet, verbose):
     """Export a Gated-DeltaNet checkpoint to OUTPUT (.pte, plus a .ptd beside it for CUDA)."""
     if not verbose:
         _quiet_libraries()
     opts = ExportOptions(output=output, checkpoint=checkpoint or DEFAULT_CHECKPOINT, backend=backend, dtype=dtype,
                          state_dtype=state_dtype, max_seq_len=max_seq_len, max_prefill_chunk=max_prefill_chunk,
-                         kernels=kernels)
+                         kernels=kernels, autotune=autotune)
     progress = Progress(quiet=quiet, verbose=verbose)
     try:
         result = run_export(opts, progress)

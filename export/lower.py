@@ -9,7 +9,9 @@ the state lives inside the delegate as constants, weights go to the external `.p
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from torch.export import ExportedProgram
 
@@ -41,8 +43,31 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
     return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True))
 
 
-def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):
+@contextmanager
+def _autotune(enabled: bool) -> Iterator[None]:
+    """The CUDA backend always asks AOTInductor for max_autotune; let the caller trade speed of the
+    compiled GEMMs for export time."""
+    from executorch.backends.cuda.cuda_backend import CudaBackend
+
+    original = CudaBackend.__dict__["get_aoti_compile_options"]
+
+    def options(cls, compile_specs):
+        return {**original.__func__(cls, compile_specs), "max_autotune": enabled}
+
+    CudaBackend.get_aoti_compile_options = classmethod(options)
+    try:
+        yield
+    finally:
+        CudaBackend.get_aoti_compile_options = original
+
+
+def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: bool = True):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
+    with _autotune(autotune):
+        return _lower_cuda(programs, named_data)
+
+
+def _lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):
     ensure_flatc()
     from executorch.backends.cuda.cuda_backend import CudaBackend
     from executorch.backends.cuda.cuda_partitioner import CudaPartitioner

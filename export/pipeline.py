@@ -48,6 +48,7 @@ class ExportOptions:
     max_seq_len: int | None = None  # None: min(DEFAULT_MAX_SEQ_LEN, max_position_embeddings)
     max_prefill_chunk: int | None = None
     kernels: str = "auto"  # auto | ops | reference
+    autotune: bool = True  # CUDA: AOTInductor max_autotune for the GEMMs (slower export, faster kernels)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def ops_lower_with_aoti(cfg: ModelConfig) -> bool:
     """Our torch.ops.gdn.* compile into an AOTInductor library only when they are Triton ops."""
     from torch._library.triton import get_triton_kernels_for_op
 
-    needed = GDN_OPS + (("gdn::moe",) if any(cfg.moe_layers) else ())
+    needed = GDN_OPS + (("gdn::moe_shared",) if any(cfg.moe_layers) else ())
     return all(get_triton_kernels_for_op(op) for op in needed)
 
 
@@ -250,8 +251,10 @@ def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportR
         named[TOKENIZER_KEY] = files.tokenizer_json.encode("utf-8")
     programs = export_methods(model, p.max_prefill_chunk, progress)
     with progress.stage(f"lower and compile prefill + decode ({p.backend})"):
-        lower = lower_cuda if p.backend == "cuda" else lower_cpu
-        et_program = lower(programs, named)
+        if p.backend == "cuda":
+            et_program = lower_cuda(programs, named, autotune=opts.autotune)
+        else:
+            et_program = lower_cpu(programs, named)
     with progress.stage("write"):
         path, data_path = write_artifact(et_program, output, with_data=p.backend == "cuda")
     sizes = {path.name: path.stat().st_size}

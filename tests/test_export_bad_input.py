@@ -1,0 +1,88 @@
+"""gdn-export on bad input: one line naming the problem, exit code 2, nothing left in the target folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+
+def gdn_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gdn.export.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_refused(run: subprocess.CompletedProcess, *words: str) -> None:
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2, run.stderr
+    assert len(lines) == 1 and lines[0].startswith("gdn-export: error: "), run.stderr
+    assert "Traceback" not in run.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_unknown_layout(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 10}))
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_refused(gdn_export(str(out / "m.pte"), "--checkpoint", str(ckpt), "--backend", "cpu"), "'llama'")
+    assert list(out.iterdir()) == []
+
+
+def test_missing_checkpoint_and_weights(tmp_path, hf_checkpoints):
+    assert_refused(gdn_export(str(tmp_path / "m.pte"), "--checkpoint", str(tmp_path / "nope"), "--backend", "cpu"),
+                   str(tmp_path / "nope"))
+    src, _ = hf_checkpoints("qwen3_5")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copy(src / "config.json", ckpt / "config.json")
+    assert_refused(gdn_export(str(tmp_path / "m.pte"), "--checkpoint", str(ckpt), "--backend", "cpu"), "model.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_max_seq_len_beyond_model(tmp_path, hf_checkpoints):
+    src, _ = hf_checkpoints("qwen3_5")
+    limit = json.loads((src / "config.json").read_text())["max_position_embeddings"]
+    run = gdn_export(str(tmp_path / "m.pte"), "--checkpoint", str(src), "--backend", "cpu", "--max-seq-len", str(limit + 1))
+    assert_refused(run, str(limit + 1), str(limit), "max_position_embeddings")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prefill_chunk_beyond_reference_bound(tmp_path, hf_checkpoints):
+    src, _ = hf_checkpoints("qwen3_5")
+    run = gdn_export(str(tmp_path / "m.pte"), "--checkpoint", str(src), "--backend", "cpu", "--max-prefill-chunk", "65")
+    assert_refused(run, "65", "64")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu(tmp_path, hf_checkpoints):
+    src, _ = hf_checkpoints("qwen3_5")
+    assert_refused(gdn_export(str(tmp_path / "m.pte"), "--checkpoint", str(src), "--backend", "cuda"), "GPU")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_disk_leaves_nothing(tmp_path):
+    """A real write failure: the file-size limit (RLIMIT_FSIZE) makes the kernel refuse bytes past 4 KiB."""
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from torch.export import export
+        from gdn.export.lower import lower_cpu
+        from gdn.export.pipeline import ExportError, write_artifact
+        ep = export(torch.nn.Linear(64, 64), (torch.randn(1, 64),), strict=True)
+        program = lower_cpu({{"forward": ep}}, {{"gdn.metadata": b"{{}}"}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            write_artifact(program, __import__("pathlib").Path({str(tmp_path / "m.pte")!r}), with_data=False)
+        except ExportError as e:
+            print("REFUSED", e)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "REFUSED out of disk space writing" in run.stdout, run.stdout + run.stderr
+    assert list(tmp_path.iterdir()) == []
