@@ -35,10 +35,10 @@ def test_greedy_ids_match_the_models_own_greedy_loop(eager, chunk):
     model, _ = eager
     ids = random_ids(23)
     runner = make_runner(eager, chunk=chunk, stop_token_ids=[], eos_token_ids=[])
-    got = runner.generate(ids, max_new_tokens=30, sampling=GREEDY)
-    assert got.generated_ids == greedy_reference(model, ids, 30)
+    got = runner.generate(ids, max_new_tokens=16, sampling=GREEDY)
+    assert got.generated_ids == greedy_reference(model, ids, 16)
     assert got.stop_reason == "max_new_tokens" and got.decode_path == "eager"
-    assert got.graph == {"eager_calls": 29, "captures": 0, "replays": 0}
+    assert got.graph == {"eager_calls": 15, "captures": 0, "replays": 0}
 
 
 def test_stop_token_ends_the_turn_and_is_not_in_the_text(eager):
@@ -69,9 +69,9 @@ def test_context_fills_then_stops_and_a_prompt_that_cannot_fit_is_rejected_befor
 def test_a_new_prompt_starts_clean(eager):
     runner = make_runner(eager, stop_token_ids=[], eos_token_ids=[])
     a, b = random_ids(17), random_ids(9)
-    alone = runner.generate(b, max_new_tokens=20, sampling=GREEDY).generated_ids
-    runner.generate(a, max_new_tokens=20, sampling=GREEDY)
-    assert runner.generate(b, max_new_tokens=20, sampling=GREEDY).generated_ids == alone
+    alone = runner.generate(b, max_new_tokens=12, sampling=GREEDY).generated_ids
+    runner.generate(a, max_new_tokens=12, sampling=GREEDY)
+    assert runner.generate(b, max_new_tokens=12, sampling=GREEDY).generated_ids == alone
 
 
 def test_session_prefills_only_new_tokens_and_matches_one_long_prompt(eager):
@@ -109,10 +109,10 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters(eager):
     runner = make_runner(eager, stop_token_ids=[], eos_token_ids=[])
     ids = random_ids(10)
     p = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    a = runner.generate(ids, max_new_tokens=24, sampling=p).generated_ids
+    a = runner.generate(ids, max_new_tokens=16, sampling=p).generated_ids
     runner.generate(random_ids(5), max_new_tokens=4, sampling=SamplingParams(temperature=0.5, seed=1))
-    b = runner.generate(ids, max_new_tokens=24, sampling=p).generated_ids
-    c = runner.generate(ids, max_new_tokens=24, sampling=SamplingParams(temperature=1.0, top_k=50, top_p=0.9,
+    b = runner.generate(ids, max_new_tokens=16, sampling=p).generated_ids
+    c = runner.generate(ids, max_new_tokens=16, sampling=SamplingParams(temperature=1.0, top_k=50, top_p=0.9,
                                                                         seed=8)).generated_ids
     assert a == b and a != c
 
