@@ -85,8 +85,8 @@ def test_conv_prefill_then_decode_cpu(T):
 @pytest.mark.cuda
 @pytest.mark.parametrize("reset", [False, True], ids=["keep", "reset"])
 @pytest.mark.parametrize("dt", list(DTYPES))
-@pytest.mark.parametrize("C", [6144, 8192], ids=["C6144", "C8192"])
-@pytest.mark.parametrize("T", LENGTHS + (8192,), ids=[f"T{t}" for t in LENGTHS + (8192,)])
+@pytest.mark.parametrize("C", [8192], ids=["C8192"])
+@pytest.mark.parametrize("T", (1, 2, 65, 1000, 8192), ids=["T1", "T2", "T65", "T1000", "T8192"])
 def test_conv_cuda(T, C, dt, reset):
     conv_matches(T, C, 4, DTYPES[dt], reset, "cuda")
 

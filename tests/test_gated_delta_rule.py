@@ -48,11 +48,8 @@ CPU_CHUNK = (
     + [Case(T, 2, 2, 16, 32, torch.bfloat16, "zero") for T in (1, 65, 127)]
     + [Case(65, 2, 4, 8, 12, torch.float32, "rand"), Case(64, 2, 2, 32, 16, torch.float32, "zero")]
 )
-GPU_CHUNK = [
-    Case(T, 16, hv, 128, 128, dt, init)
-    for hv in (16, 32)
-    for dt in (torch.float32, torch.bfloat16)
-    for T, init in [(t, "rand") for t in LENGTHS] + [(65, "zero"), (1000, "zero"), (8192, "rand")]
+GPU_CHUNK = [Case(T, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16) for T in LENGTHS + (8192,)] + [
+    Case(T, 16, 16, 128, 128, dt, "zero") for dt in (torch.float32, torch.bfloat16) for T in (65, 1000)
 ]
 CPU_DECODE = [Case(1, 2, 4, 16, 16, torch.float32, "rand"), Case(1, 2, 2, 8, 12, torch.bfloat16, "rand")]
 GPU_DECODE = [Case(1, 16, hv, 128, 128, dt, "rand") for hv in (16, 32) for dt in (torch.float32, torch.bfloat16)]
@@ -197,7 +194,7 @@ def test_chunk_cuda(c):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("c", params([Case(127, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16)]))
+@pytest.mark.parametrize("c", params([Case(127, 16, 32, 128, 128, torch.bfloat16, "rand")]))
 def test_chunk_reset_cuda(c):
     chunk_reset_reads_zero(c, "cuda")
 
@@ -211,7 +208,7 @@ def test_decode_cuda(c):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize(
-    "c", params([Case(T, 16, 32, 128, 128, dt, "rand") for T in (63, 1000) for dt in (torch.float32, torch.bfloat16)])
+    "c", params([Case(1000, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16)])
 )
 def test_prefill_then_decode_cuda(c):
     prefill_then_decode(c, "cuda")
@@ -241,8 +238,8 @@ def test_ops_equal_kernels_cuda(c):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["qwen3_next", "qwen3_5", "qwen3_5_moe"])
-@pytest.mark.parametrize("prompt_len", [1, 70])
+@pytest.mark.parametrize("name", ["qwen3_next", "qwen3_5_moe"])
+@pytest.mark.parametrize("prompt_len", [70])
 def test_model_ops_match_reference_cuda(name, prompt_len, hf_checkpoints):
     """tests/hf_tiny checkpoints (K=8, V=12: padded tiles) with kernels="ops" against kernels="reference"."""
     from gdn.export.checkpoint import load_model

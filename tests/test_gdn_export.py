@@ -85,7 +85,7 @@ def wrapper_sources(package: Path) -> str:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("T,dt", [(1, "bf16"), (300, "bf16"), (300, "fp32")], ids=["decode-bf16", "prefill-bf16", "prefill-fp32"])
+@pytest.mark.parametrize("T,dt", [(1, "bf16"), (300, "bf16")], ids=["decode-bf16", "prefill-bf16"])
 def test_aoti_matches_eager_cuda(T, dt, tmp_path):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dt]
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))

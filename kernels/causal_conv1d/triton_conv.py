@@ -14,7 +14,7 @@ import triton.language as tl
 from ..gated_delta_rule.launch import inner_contiguous, launcher
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])  # one binary for every length
 def _conv_kernel(
     x_ptr, state_ptr, w_ptr, reset_ptr, y_ptr, T, C,
     s_xt, s_yt, s_wc,
@@ -41,9 +41,9 @@ def _conv_kernel(
         # new state row i = [state; x][T + i]: from x when T + i >= W - 1, else old state row T + i
         si = tl.arange(0, WP)  # WP: W - 1 rounded up to a power of two
         live = si < W - 1
-        src = T + si - (W - 1)
-        nx = tl.load(x_ptr + src[:, None] * s_xt + cols[None, :], mask=((src >= 0) & live)[:, None] & cmask[None, :], other=0.0)
-        os_ = tl.load(state_ptr + (T + si)[:, None] * C + cols[None, :], mask=((src < 0) & live)[:, None] & cmask[None, :], other=0.0)
+        xi = T + si - (W - 1)
+        nx = tl.load(x_ptr + xi[:, None] * s_xt + cols[None, :], mask=((xi >= 0) & live)[:, None] & cmask[None, :], other=0.0)
+        os_ = tl.load(state_ptr + (T + si)[:, None] * C + cols[None, :], mask=((xi < 0) & live)[:, None] & cmask[None, :], other=0.0)
         new = nx.to(state_ptr.dtype.element_ty) + tl.where(reset, 0.0, os_.to(tl.float32)).to(state_ptr.dtype.element_ty)
         tl.debug_barrier()
         tl.store(state_ptr + si[:, None] * C + cols[None, :], new, mask=live[:, None] & cmask[None, :])

@@ -25,7 +25,7 @@ def _l2norm_rows(x):
     return x * tl.rsqrt(tl.sum(x * x, 1) + 1e-6)[:, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])  # one binary for every prefill length
 def _prep_kernel(
     k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, T,
     s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
@@ -67,7 +67,7 @@ def _prep_kernel(
         tl.store(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], u.to(u_ptr.dtype.element_ty), mask=vm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])
 def _scan_kernel(
     q_ptr, k_ptr, w_ptr, u_ptr, gc_ptr, state_ptr, reset_ptr, o_ptr, T, NT,
     s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
