@@ -8,11 +8,13 @@ the state lives inside the delegate as constants, weights go to the external `.p
 
 from __future__ import annotations
 
+import operator
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from torch.export import ExportedProgram
 
 
@@ -45,26 +47,52 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
 
 @contextmanager
 def _autotune(enabled: bool) -> Iterator[None]:
-    """The CUDA backend always asks AOTInductor for max_autotune; let the caller trade speed of the
-    compiled GEMMs for export time."""
+    """The CUDA backend compiles GEMMs only from Triton templates (no libtorch), picked by autotuning.
+    Without autotuning, each GEMM takes the first template config: a much faster export, slower GEMMs."""
     from executorch.backends.cuda.cuda_backend import CudaBackend
 
     original = CudaBackend.__dict__["get_aoti_compile_options"]
 
     def options(cls, compile_specs):
-        return {**original.__func__(cls, compile_specs), "max_autotune": enabled}
+        return {**original.__func__(cls, compile_specs), "test_configs.max_mm_configs": 1}
 
-    CudaBackend.get_aoti_compile_options = classmethod(options)
+    if not enabled:
+        CudaBackend.get_aoti_compile_options = classmethod(options)
     try:
         yield
     finally:
         CudaBackend.get_aoti_compile_options = original
 
 
+def split_to_slices(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
+    """`chunk` / `split(int)` become split_copy in the edge dialect, an op the CUDA backend has no kernel for;
+    rewritten in place as slices (static split dims only) they compile to views."""
+    targets = (torch.ops.aten.chunk.default, torch.ops.aten.split.Tensor)
+    for ep in programs.values():
+        graph = ep.graph_module.graph
+        for node in [n for n in graph.nodes if n.target in targets]:
+            x, n_or_size = node.args[0], node.args[1]
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+            full = x.meta["val"].shape[dim]
+            if not isinstance(full, int) or any(u.target is not operator.getitem for u in node.users):
+                continue
+            size = -(-full // n_or_size) if node.target == torch.ops.aten.chunk.default else n_or_size
+            for user in list(node.users):
+                i = user.args[1]
+                with graph.inserting_before(user):
+                    piece = graph.call_function(torch.ops.aten.slice.Tensor, (x, dim, i * size, min((i + 1) * size, full)))
+                piece.meta = dict(user.meta)
+                user.replace_all_uses_with(piece)
+                graph.erase_node(user)
+            graph.erase_node(node)
+        ep.graph_module.recompile()
+    return programs
+
+
 def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: bool = True):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
     with _autotune(autotune):
-        return _lower_cuda(programs, named_data)
+        return _lower_cuda(split_to_slices(programs), named_data)
 
 
 def _lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):

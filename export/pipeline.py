@@ -18,7 +18,7 @@ from torch.export import Dim, ExportedProgram, export
 
 from gdn.runner.artifact import METADATA_KEY, TOKENIZER_KEY, Metadata, data_path_for
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, SafetensorsDir, load_model
 from .config import ConfigError, ModelConfig, load_config
 from .lower import lower_cpu, lower_cuda
 from .metadata import TokenizerFilesError, build_metadata, read_tokenizer_files
@@ -139,6 +139,7 @@ def plan(opts: ExportOptions) -> Plan:
         what = "the bundled default model" if ckpt == DEFAULT_CHECKPOINT else "checkpoint"
         raise ExportError(f"{what} directory {ckpt} does not exist")
     cfg = load_config(ckpt)
+    SafetensorsDir(ckpt).close()  # the weight files exist and open, before any stage starts
     backend = resolve_backend(opts.backend)
     kernels = choose_kernels(backend, opts.kernels, cfg)
     dtype = _dtype(opts.dtype, torch.bfloat16 if backend == "cuda" else torch.float32, "--dtype")
