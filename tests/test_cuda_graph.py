@@ -137,7 +137,7 @@ class AotiDecode:
         pass
 
 
-def test_aoti_decode_graph_replay_matches_its_eager_calls(eager_cuda, tmp_path):
+def test_aoti_decode_graph_replay_matches_its_eager_calls(tmp_path):
     model, _ = load_eager(DEFAULT_MODEL, 64, device="cuda", kernels="ops")
     args = (torch.zeros(1, 1, dtype=torch.int64, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda"))
     with torch.no_grad():

@@ -5,7 +5,6 @@ import random
 import threading
 
 import pytest
-import torch
 
 from gdn.runner import ContextFullError, InputError, Runner, SamplingParams
 from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, metadata, tokenizer_json
