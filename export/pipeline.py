@@ -94,11 +94,12 @@ def resolve_backend(backend: str) -> str:
 
 
 def ops_lower_with_aoti(cfg: ModelConfig) -> bool:
-    """Our torch.ops.gdn.* compile into an AOTInductor library only when they are Triton ops."""
-    from torch._library.triton import get_triton_kernels_for_op
+    """Our torch.ops.gdn.* compile into an AOTInductor library only when they are registered as Triton ops
+    (`torch.library.triton_op` records every one, whether or not it could list the kernels inside)."""
+    from torch._library.triton import triton_ops_to_kernels
 
     needed = GDN_OPS + (("gdn::moe_shared",) if any(cfg.moe_layers) else ())
-    return all(get_triton_kernels_for_op(op) for op in needed)
+    return all(op in triton_ops_to_kernels for op in needed)
 
 
 def choose_kernels(backend: str, requested: str, cfg: ModelConfig) -> str:
