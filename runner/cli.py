@@ -115,7 +115,7 @@ def command(model, prompt, prompt_file, prompt_ids, max_new_tokens, temperature,
                    err=True)
     if as_json:
         out = {"model": str(model), "load_s": runner.load_s, "ready_s": ready_s, **result.as_dict()}
-        click.echo(json.dumps(out, ensure_ascii=False))
+        click.echo(json.dumps(out))  # ASCII-safe on any terminal encoding
     if stats:
         click.echo(_stats_line(result, runner, ready_s), err=True)
     runner.close()
@@ -123,6 +123,8 @@ def command(model, prompt, prompt_file, prompt_ids, max_new_tokens, temperature,
 
 def _print_stream(stream, with_text: bool):
     out = sys.stdout
+    if hasattr(out, "reconfigure"):
+        out.reconfigure(errors="replace")  # a non-UTF-8 terminal gets '?' rather than an exception
     for token_id, piece in stream.tokens():
         if with_text:
             out.write(piece)
