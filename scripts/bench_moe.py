@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from gdn.kernels.moe import reference
-from gdn.kernels.moe.decode import DecodeConfig, moe_decode
+from gdn.kernels.moe.decode import DecodeConfig, decode_down, decode_gate_up, moe_decode
 from gdn.kernels.moe.prefill import PrefillConfig, moe_prefill
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
@@ -118,10 +118,20 @@ def decode_table(w, bw: float, sweep: bool) -> list[str]:
         ("layer: router+shared linear, gdn::moe, shared in torch", routed + shared + router, lambda: layer_separate(x, w)),
         ("layer: router+shared linear, gdn::moe_shared (fused)", routed + shared + router, lambda: layer_fused(x, w)),
     ]
+    cfg0 = DecodeConfig()
+    h, ids, wts = decode_gate_up(x, logits, gate_up, K, True, cfg0)
+    out_buf = torch.empty_like(x)
+    cases += [
+        ("  of which kernel 1 (router + gate/up + silu*up)", 2 * I * H * 2 * K,
+         lambda: decode_gate_up(x, logits, gate_up, K, True, cfg0)),
+        ("  of which kernel 2 (down, weighted sum)", I * H * 2 * K,
+         lambda: decode_down(h, ids, wts, down, out_buf, None, cfg0)),
+    ]
     if sweep:
-        for cfg in [DecodeConfig(block_i=bi, block_out=bo, warps_gate_up=wg, warps_down=wd)
-                    for bi, bo, wg, wd in [(4, 8, 4, 4), (8, 8, 4, 4), (2, 8, 4, 4), (4, 16, 4, 4), (4, 4, 4, 4),
-                                           (8, 16, 8, 8)]]:
+        for cfg in [DecodeConfig(block_i=bi, block_h=bh, block_out=bo, tile_down=td, warps_gate_up=wg, warps_down=wd)
+                    for bi, bh, bo, td, wg, wd in [(8, 1024, 4, 16384, 8, 8), (4, 512, 4, 16384, 4, 8),
+                                                   (2, 2048, 4, 16384, 4, 8), (4, 2048, 2, 8192, 8, 4),
+                                                   (4, 2048, 8, 16384, 8, 8), (8, 2048, 4, 16384, 8, 8)]]:
             cases.append((f"moe_decode {cfg}", routed, lambda cfg=cfg: moe_decode(x, logits, gate_up, down, K, True, cfg=cfg)))
     out = [f"Decode, T=1, H {H}, I {I}, E {E}, top-{K}, shared {S}, bf16. Bytes: 8 experts {routed / 1e6:.1f} MB, "
            f"shared expert {shared / 1e6:.1f} MB, router {router / 1e6:.2f} MB. Copy bandwidth {bw / 1e9:.0f} GB/s.", "",
@@ -133,6 +143,19 @@ def decode_table(w, bw: float, sweep: bool) -> list[str]:
         out.append(row([name, f"{nbytes / 1e6:.1f}", fmt(t.eager_us), fmt(t.graph_us), f"{gbs:.0f}",
                         f"{100 * gbs * 1e9 / bw:.0f}%"]))
     return out
+
+
+def decode_next_row(bw: float) -> list[str]:
+    """Qwen3-Next-80B routed experts: E 512, top-10, same H and I."""
+    gate_up = torch.randn(512, 2 * I, H, device="cuda", dtype=DT) * H**-0.5
+    down = torch.randn(512, H, I, device="cuda", dtype=DT) * I**-0.5
+    x = torch.randn(1, H, device="cuda", dtype=DT)
+    logits = torch.randn(1, 512, device="cuda", dtype=DT)
+    nbytes = 10 * 3 * I * H * 2
+    t = timed(lambda: torch.ops.gdn.moe(x, logits, gate_up, down, 10, True))
+    gbs = nbytes / (t.graph_us * 1e-6) / 1e9
+    return [row(["gdn::moe, routed, Qwen3-Next E 512 top-10", f"{nbytes / 1e6:.1f}", fmt(t.eager_us), fmt(t.graph_us),
+                 f"{gbs:.0f}", f"{100 * gbs * 1e9 / bw:.0f}%"])]
 
 
 def prefill_table(w, bw: float, mm: float, sweep: bool) -> list[str]:
@@ -152,8 +175,7 @@ def prefill_table(w, bw: float, mm: float, sweep: bool) -> list[str]:
             naive = timed(lambda: reference.moe(x, logits, gate_up, down, K, True), 5, graph=False).eager_us / 1e3
         cases = [("gdn::moe", lambda: torch.ops.gdn.moe(x, logits, gate_up, down, K, True))]
         if sweep:
-            for cfg in [PrefillConfig(block_m=128, block_n=64, warps=8), PrefillConfig(block_m=64, block_n=64, warps=4, stages=4),
-                        PrefillConfig(block_m=128, block_n=64, warps=4, stages=4, down_warps=8)]:
+            for cfg in [PrefillConfig(block_m=64, block_n=128, warps=8), PrefillConfig(block_m=128, block_n=64, stages=4)]:
                 cases.append((str(cfg), lambda cfg=cfg: moe_prefill(x, logits, gate_up, down, K, True, cfg=cfg)))
         for name, fn in cases:
             t = timed(fn, 10)
@@ -177,7 +199,7 @@ def main() -> int:
     bw, mm = copy_bandwidth(), matmul_rate()
     w = weights()
     lines = [f"Device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", ""]
-    lines += decode_table(w, bw, args.sweep) + [""] + prefill_table(w, bw, mm, args.sweep)
+    lines += decode_table(w, bw, args.sweep) + decode_next_row(bw) + [""] + prefill_table(w, bw, mm, args.sweep)
     print("\n".join(lines))
     return 0
 

@@ -5,7 +5,7 @@ Tolerances, on max |out - out_float64| relative to max |out_float64|: float32 1e
 H <= 2048); bfloat16 1.5e-2 (bf16 inputs are exact in both; the kernels round the output, and in prefill the
 intermediate silu*up and per-slot expert outputs, to bf16, ~2^-9 each). Also: never worse than 4x the plain
 PyTorch reference's own error plus a quarter of that tolerance (routing without ties only, since
-torch.topk breaks ties its own way)."""
+torch.topk breaks ties its own way; and where its gathered weight copy fits in 4 GB)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def check(got, x, logits, gate_up, down, top_k, renorm, mode):
     err = (got.double() - want).abs().max().item()
     tol = TOL[x.dtype]
     assert err <= tol * scale, f"max err {err:.3e} > {tol} * {scale:.3e}"
-    if mode != "ties":
+    gathered_bytes = x.shape[0] * top_k * (gate_up[0].numel() + down[0].numel()) * x.element_size()
+    if mode != "ties" and gathered_bytes < 4e9:  # the reference copies every token's experts
         ref_err = (reference.moe(x, logits, gate_up, down, top_k, renorm).double() - want).abs().max().item()
         assert err <= 4 * ref_err + tol / 4 * scale, f"max err {err:.3e} vs reference {ref_err:.3e}"
 

@@ -2,7 +2,7 @@
 
 Kernel 1, grid (top_k, I / BLOCK_I): routes the token (every program recomputes the tiny router, so no
 extra launch), then h[slot] = silu(gate_e x) * (up_e x) for its slice of rows of expert e = ids[slot].
-Kernel 2, grid (H / BLOCK_H): y = sum_slot w_slot * down_e h[slot] for its slice of output rows, plus
+Kernel 2, grid (H / BLOCK_OUT): y = sum_slot w_slot * down_e h[slot] for its slice of output rows, plus
 optionally the shared expert sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed.
 """
 
@@ -21,11 +21,11 @@ from .route import route_row
 @dataclass(frozen=True)
 class DecodeConfig:
     block_i: int = 4  # gate/up rows per program (of each of gate and up)
-    block_h: int = 512  # columns per step of the gate/up mat-vec
-    block_out: int = 8  # output rows per program of the down mat-vec
-    block_inner: int = 512  # columns per step of the down mat-vec
-    warps_gate_up: int = 4
-    warps_down: int = 4
+    block_h: int = 2048  # columns per step of the gate/up mat-vec (all of H at Qwen3.5/Qwen3-Next shapes)
+    block_out: int = 4  # output rows per program of the down mat-vec
+    tile_down: int = 16384  # elements per step of the down mat-vec: k_p2 * block_out * block_inner
+    warps_gate_up: int = 8
+    warps_down: int = 8
 
 
 @triton.jit
@@ -89,25 +89,28 @@ def decode_down_kernel(
     I: tl.constexpr,
     S: tl.constexpr,
     TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
     HAS_SHARED: tl.constexpr,
     BLOCK_OUT: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
 ):
+    """All slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load, so no load waits on another."""
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
-    acc = tl.zeros([BLOCK_OUT], dtype=tl.float32)
-    for slot in tl.static_range(TOP_K):
-        e = tl.load(ids_ptr + slot).to(tl.int64)
-        w = tl.load(weights_ptr + slot)
-        part = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
-        for i0 in range(0, I, BLOCK_INNER):
-            cols = i0 + tl.arange(0, BLOCK_INNER)
-            col_ok = cols < I
-            hv = tl.load(h_ptr + slot * I + cols, mask=col_ok, other=0.0)
-            d = tl.load(down_ptr + e * (H * I) + rows[:, None] * I + cols[None, :],
-                        mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            part += d.to(tl.float32) * hv[None, :]
-        acc += w * tl.sum(part, 1)
+    slots = tl.arange(0, K_P2)
+    slot_ok = slots < TOP_K
+    e = tl.load(ids_ptr + slots, mask=slot_ok, other=0).to(tl.int64)  # [K_P2]
+    w = tl.load(weights_ptr + slots, mask=slot_ok, other=0.0)  # [K_P2]
+    row_base = e[:, None, None] * (H * I) + rows[None, :, None] * I  # [K_P2, BLOCK_OUT, 1]
+    row_mask = slot_ok[:, None, None] & row_ok[None, :, None]
+    acc = tl.zeros([K_P2, BLOCK_OUT], dtype=tl.float32)
+    for i0 in range(0, I, BLOCK_INNER):
+        cols = i0 + tl.arange(0, BLOCK_INNER)
+        col_ok = cols < I
+        d = tl.load(down_ptr + row_base + cols[None, None, :], mask=row_mask & col_ok[None, None, :], other=0.0)
+        hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.sum(d.to(tl.float32) * hv[:, None, :], 2)
+    out = tl.sum(acc * w[:, None], 0)  # [BLOCK_OUT]
     if HAS_SHARED:
         part = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
         for i0 in range(0, S, BLOCK_INNER):
@@ -119,8 +122,8 @@ def decode_down_kernel(
                         mask=row_ok[:, None] & col_ok[None, :], other=0.0)
             part += d.to(tl.float32) * (g * tl.sigmoid(g) * u)[None, :]
         gate = tl.load(shared_gate_ptr).to(tl.float32)
-        acc += tl.sigmoid(gate) * tl.sum(part, 1)
-    tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=row_ok)
+        out += tl.sigmoid(gate) * tl.sum(part, 1)
+    tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 def moe_decode(
@@ -135,13 +138,17 @@ def moe_decode(
 ) -> torch.Tensor:
     """x [1, H]; router_logits [1, E]; shared = (gate|up [1, 2S] (any column stride), gate logit [1, 1],
     down [H, S]) or None -> [1, H] in x's dtype."""
+    h, ids, weights = decode_gate_up(x.contiguous(), router_logits, gate_up, top_k, renormalize, cfg)
+    return decode_down(h, ids, weights, down, torch.empty_like(x), shared, cfg)
+
+
+def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg: DecodeConfig):
+    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32."""
     E, I2, H = gate_up.shape
     I = I2 // 2
-    x = x.contiguous()
     h = torch.empty((top_k, I), device=x.device, dtype=torch.float32)
     ids = torch.empty((top_k,), device=x.device, dtype=torch.int32)
     weights = torch.empty((top_k,), device=x.device, dtype=torch.float32)
-    out = torch.empty_like(x)
     block_i = min(cfg.block_i, next_pow2(I))
     block_h = min(cfg.block_h, next_pow2(H))
     launch(decode_gate_up_kernel)[(top_k, triton.cdiv(I, block_i))](
@@ -149,16 +156,24 @@ def moe_decode(
         H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
     )
+    return h, ids, weights
+
+
+def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig) -> torch.Tensor:
+    """out [1, H] = sum_slot weights * down_ids h (+ the gated shared expert)."""
+    top_k, I = h.shape
+    H = down.shape[1]
     if shared is None:
         act, gate, s_down, S = h, h, h, 1
     else:
         act, gate, s_down = shared
         S = s_down.shape[1]
     block_out = min(cfg.block_out, next_pow2(H))
-    block_inner = min(cfg.block_inner, next_pow2(max(I, S)))
+    k_p2 = next_pow2(top_k)
+    block_inner = max(16, min(next_pow2(max(I, S)), cfg.tile_down // (k_p2 * block_out)))
     launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
         h, ids, weights, down, out, act, act.stride(-1), gate, s_down,
-        H=H, I=I, S=S, TOP_K=top_k, HAS_SHARED=shared is not None,
+        H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2, HAS_SHARED=shared is not None,
         BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down,
     )
     return out

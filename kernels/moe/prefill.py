@@ -21,8 +21,8 @@ from .route import route_kernel
 
 @dataclass(frozen=True)
 class PrefillConfig:
-    block_m: int = 64
-    block_n: int = 128
+    block_m: int = 128
+    block_n: int = 64
     block_k: int = 64
     warps: int = 8
     stages: int = 3

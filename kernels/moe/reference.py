@@ -53,16 +53,16 @@ def route_stable(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> 
 def moe_float64(x, router_logits, gate_up, down, top_k, renormalize):
     """Loop over experts in float64 (the ground truth for tests); same arguments as `moe`."""
     weights, idx = route_stable(router_logits.double(), top_k, renormalize)
-    x, gate_up, down = x.double(), gate_up.double(), down.double()
+    x = x.double()
     inter = down.shape[-1]
     out = torch.zeros_like(x)
     for e in range(gate_up.shape[0]):
         tok, slot = torch.where(idx == e)
         if tok.numel() == 0:
             continue
-        gu = x[tok] @ gate_up[e].T
+        gu = x[tok] @ gate_up[e].double().T  # one expert at a time in float64: memory stays small
         h = F.silu(gu[:, :inter]) * gu[:, inter:]
-        out.index_add_(0, tok, (h @ down[e].T) * weights[tok, slot, None])
+        out.index_add_(0, tok, (h @ down[e].double().T) * weights[tok, slot, None])
     return out
 
 
