@@ -129,9 +129,8 @@ def decode_table(w, bw: float, sweep: bool) -> list[str]:
     ]
     if sweep:
         for cfg in [DecodeConfig(block_i=bi, block_h=bh, block_out=bo, tile_down=td, warps_gate_up=wg, warps_down=wd)
-                    for bi, bh, bo, td, wg, wd in [(8, 1024, 4, 16384, 8, 8), (4, 512, 4, 16384, 4, 8),
-                                                   (2, 2048, 4, 16384, 4, 8), (4, 2048, 2, 8192, 8, 4),
-                                                   (4, 2048, 8, 16384, 8, 8), (8, 2048, 4, 16384, 8, 8)]]:
+                    for bi, bh, bo, td, wg, wd in [(8, 1024, 4, 16384, 8, 8), (2, 2048, 4, 16384, 4, 8),
+                                                   (4, 2048, 8, 16384, 8, 8)]]:
             cases.append((f"moe_decode {cfg}", routed, lambda cfg=cfg: moe_decode(x, logits, gate_up, down, K, True, cfg=cfg)))
     out = [f"Decode, T=1, H {H}, I {I}, E {E}, top-{K}, shared {S}, bf16. Bytes: 8 experts {routed / 1e6:.1f} MB, "
            f"shared expert {shared / 1e6:.1f} MB, router {router / 1e6:.2f} MB. Copy bandwidth {bw / 1e9:.0f} GB/s.", "",
@@ -175,7 +174,7 @@ def prefill_table(w, bw: float, mm: float, sweep: bool) -> list[str]:
             naive = timed(lambda: reference.moe(x, logits, gate_up, down, K, True), 5, graph=False).eager_us / 1e3
         cases = [("gdn::moe", lambda: torch.ops.gdn.moe(x, logits, gate_up, down, K, True))]
         if sweep:
-            for cfg in [PrefillConfig(block_m=64, block_n=128, warps=8), PrefillConfig(block_m=128, block_n=64, stages=4)]:
+            for cfg in [PrefillConfig(block_m=128, block_n=64, stages=4)]:
                 cases.append((str(cfg), lambda cfg=cfg: moe_prefill(x, logits, gate_up, down, K, True, cfg=cfg)))
         for name, fn in cases:
             t = timed(fn, 10)
