@@ -164,3 +164,20 @@ def test_a_second_generation_while_one_streams_is_refused(eager):
     assert errors and "already generating" in str(errors[0].value)
     first.close()
     assert len(runner.generate([4, 5], max_new_tokens=2).generated_ids) == 2
+
+
+def test_a_turn_closed_early_keeps_what_ran_and_the_next_turn_continues_from_it(eager):
+    model, _ = eager
+    runner = make_runner(eager, stop_token_ids=[], eos_token_ids=[])
+    s = runner.session()
+    first, follow = random_ids(9), random_ids(5)
+    stream = s.stream(first, max_new_tokens=20, sampling=GREEDY)
+    pairs = stream.tokens()
+    got = [next(pairs)[0] for _ in range(4)]
+    stream.close()
+    assert s.ids == first + got
+    r2 = s.generate(follow, max_new_tokens=6, sampling=GREEDY)
+    assert (r2.reused_tokens, r2.prefilled_tokens) == (9 + 3, 1 + 5)
+    # the references run the shared model from position 0: only after the session is done with its state
+    assert r2.generated_ids == greedy_reference(model, first + got + follow, 6)
+    assert got == greedy_reference(model, first, 4)
