@@ -150,6 +150,18 @@ class Session:
             bridge = bridge[len(last) :]  # the stop token that ended the reply is already in the sequence
         return self._ids + r.tokenizer.encode(bridge + nxt[len(after) :])
 
+    def _record(self, prompt: list[int], generated: list[int], message: dict | None) -> str | None:
+        """Book a turn: the sequence, what the state holds (all but the last generated id), the chat
+        messages; -> the reply text (without stop tokens)."""
+        r = self._runner
+        text = r.tokenizer.decode([t for t in generated if t not in r.stop_ids]) if r.tokenizer else None
+        if generated:
+            self._ids, self._fed = prompt + generated, len(prompt) + len(generated) - 1
+            r.owner = self
+            if message is not None:
+                self.messages += [message, {"role": "assistant", "content": text or ""}]
+        return text
+
     def _turn(
         self, full: list[int], steps: int, params: SamplingParams, message: dict | None
     ) -> Generator[tuple[int, str], None, GenerationResult]:
@@ -174,15 +186,8 @@ class Session:
                     tail = decoder.flush()
                     if tail:
                         yield -1, tail
-            finally:
-                if gen.generated_ids:
-                    self._ids = full[:start] + gen.prompt_ids + gen.generated_ids
-                    self._fed = len(self._ids) - 1
-                    r.owner = self
-        body = [t for t in gen.generated_ids if t not in stop_ids]
-        text = r.tokenizer.decode(body) if r.tokenizer else None
-        if message is not None:
-            self.messages += [message, {"role": "assistant", "content": text or ""}]
+            finally:  # also when the stream is closed early: the state holds what ran
+                text = self._record(full[:start] + gen.prompt_ids, gen.generated_ids, message)
         return GenerationResult(
             prompt_ids=full, generated_ids=gen.generated_ids, text=text, stop_reason=gen.stop_reason,
             sampling=params, prefilled_tokens=len(gen.prompt_ids), reused_tokens=start,

@@ -181,3 +181,18 @@ def test_a_turn_closed_early_keeps_what_ran_and_the_next_turn_continues_from_it(
     # the references run the shared model from position 0: only after the session is done with its state
     assert r2.generated_ids == greedy_reference(model, first + got + follow, 6)
     assert got == greedy_reference(model, first, 4)
+
+
+def test_a_chat_turn_closed_early_stays_in_the_conversation(eager):
+    runner = make_runner(eager, stop_token_ids=[], eos_token_ids=[])
+    s = runner.session()
+    stream = s.stream("Hello", chat=True, max_new_tokens=20, sampling=GREEDY)
+    pairs = stream.tokens()
+    got = [next(pairs)[0] for _ in range(3)]
+    stream.close()
+    assert s.messages[-1] == {"role": "assistant", "content": runner.tokenizer.decode(got)}
+    first = runner.encode_chat([{"role": "user", "content": "Hello"}])
+    r2 = s.generate("More", chat=True, max_new_tokens=4, sampling=GREEDY)
+    assert r2.reused_tokens == len(first) + 2 and r2.prompt_ids[: len(first) + 3] == first + got
+    tail = runner.tokenizer.decode(r2.prompt_ids[len(first) + 3 :], skip_special_tokens=False)
+    assert tail == "<|im_end|>\n<|im_start|>user\nMore<|im_end|>\n<|im_start|>assistant\n"
