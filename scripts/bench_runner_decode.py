@@ -44,6 +44,7 @@ def random_2b(max_seq_len: int) -> GDNForCausalLM:
         model = GDNForCausalLM(cfg, max_seq_len, torch.bfloat16, torch.float32, kernels="ops")
     with torch.no_grad():
         for name, p in model.named_parameters():
+            p.data = p.data.to(torch.bfloat16)  # the constructor sizes parameters in fp32; the loader would cast
             if name.endswith("A_log"):
                 p.uniform_(0.0, 2.0)
             else:
