@@ -101,7 +101,8 @@ class DecodeLoop:
 
     @property
     def path(self) -> str:
-        return "cuda_graph" if self.graph.state is not GraphState.EAGER else "eager"
+        """"cuda_graph" once captured, "warmup" before (eager calls so far), "eager" when off or fallen back."""
+        return {GraphState.READY: "cuda_graph", GraphState.WARMUP: "warmup", GraphState.EAGER: "eager"}[self.graph.state]
 
     def start(self, first: torch.Tensor, pos: int) -> None:
         """first [1] int64 on the device: the token that the next step feeds, at position `pos`."""

@@ -30,7 +30,7 @@ class GenerationResult:
     sampling: SamplingParams
     prefilled_tokens: int  # tokens this turn ran through prefill
     reused_tokens: int  # tokens whose state was kept from the previous turn
-    decode_path: str  # "cuda_graph" | "eager"
+    decode_path: str  # "cuda_graph" | "warmup" (not captured yet) | "eager"; `graph` has the counts
     graph: dict = field(default_factory=dict)  # counters of the decode step's state machine
     timings: Timings = field(default_factory=Timings)
 
