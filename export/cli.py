@@ -34,7 +34,7 @@ def _quiet_libraries() -> None:
 @click.option("--max-prefill-chunk", type=int, default=None,
               help="Largest prefill length per call (CPU and reference kernels: at most 64).")
 @click.option("--kernels", type=click.Choice(["auto", "ops", "reference"]), default="auto", show_default=True,
-              help="GDN kernels for CUDA: ops (Triton) when they compile with AOTInductor, else reference.")
+              help="GDN kernels for CUDA: reference (plain ATen, prefill chunk <= 64) or ops (our Triton ops).")
 @click.option("--autotune/--no-autotune", default=True, show_default=True,
               help="CUDA: let AOTInductor autotune the GEMMs (faster kernels, much longer export).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
