@@ -49,7 +49,20 @@ def write(program, path):
     return path
 
 
-def test_reader_agrees_with_exir(program, tmp_path):
+class FloatInputs(torch.nn.Module):
+    """Float inputs go straight into the XNNPACK delegate, second argument first."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(b, self.w) + a
+
+
+def test_reader_agrees_with_exir(tmp_path):
+    ep = export(FloatInputs(), (torch.randn(1, 8), torch.randn(1, 8)), strict=True)
+    program = lower_cpu({"prefill": ep}, {METADATA_KEY: meta().to_json().encode()})
     path = write(program, tmp_path / "m.pte")
     data = path.read_bytes()
     layout = read_pte(data, len(data))
