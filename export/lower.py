@@ -41,9 +41,7 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
     _add_named_data(edge, named_data)
-    # a shared arena of zero bytes crashes the runtime (seen with executorch 1.2.0): share only real state
-    shared = any(ep.graph_signature.buffers_to_mutate for ep in programs.values())
-    planning = MemoryPlanningPass(alloc_mutable_buffers=True, share_mutable_buffers=shared)
+    planning = MemoryPlanningPass(alloc_mutable_buffers=True, share_mutable_buffers=True)
     return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True))
 
 
