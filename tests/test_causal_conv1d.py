@@ -7,7 +7,6 @@ CPU cases run through TRITON_INTERPRET=1 at small widths; `cuda` cases use the r
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ import torch.nn.functional as F
 
 from gdn.kernels.causal_conv1d import triton_conv
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRET, reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+interpreted = pytest.mark.interpret
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 LENGTHS = (1, 2, 3, 63, 64, 65, 127, 500, 1000)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -7,7 +7,6 @@ CPU cases run the kernels through TRITON_INTERPRET=1 at small shapes; `cuda` cas
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -17,8 +16,7 @@ import torch.nn.functional as F
 from gdn.kernels.gated_delta_rule import reference as ref
 from gdn.kernels.gated_delta_rule import triton_chunk, triton_decode
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRET, reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+interpreted = pytest.mark.interpret
 TOL = {torch.float32: {"o": 1e-5, "state": 1e-5}, torch.bfloat16: {"o": 1e-2, "state": 1e-2}}
 LENGTHS = (1, 2, 63, 64, 65, 127, 500, 1000)
 
