@@ -107,9 +107,14 @@ class Session:
         max_new_tokens: int | None = None,
         sampling: SamplingParams | None = None,
         chat: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
     ) -> TextStream:
         """Continue the sequence with `prompt` (text or ids); with chat=True, add it as a user message
-        rendered through the chat template (text only)."""
+        rendered through the chat template (text only). Sampling: `sampling`, else the given
+        temperature / top_k / top_p / seed over the artifact's generation defaults."""
         r = self._runner
         if chat:
             if not isinstance(prompt, str):
@@ -122,7 +127,7 @@ class Session:
             message = None
             new = r.encode(prompt, first=not self._ids)
             full = self._ids + new
-        params = sampling or r.default_sampling()
+        params = sampling or r.sampling(temperature, top_k, top_p, seed)
         steps = r.default_max_new_tokens() if max_new_tokens is None else max_new_tokens
         if steps < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {steps}")

@@ -116,6 +116,18 @@ def test_seeded_sampling_is_reproducible_and_the_seed_matters(eager):
     assert a == b and a != c
 
 
+def test_sampling_keywords_equal_sampling_params(eager):
+    runner = make_runner(eager, stop_token_ids=[], eos_token_ids=[])
+    ids = random_ids(10)
+    p = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    by_params = runner.generate(ids, max_new_tokens=12, sampling=p)
+    by_keywords = runner.generate(ids, max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    assert by_keywords.generated_ids == by_params.generated_ids
+    assert by_keywords.sampling == p
+    greedy = runner.generate(ids, max_new_tokens=12, temperature=0)
+    assert greedy.sampling.greedy
+
+
 def test_generation_defaults_come_from_the_artifact(eager):
     runner = make_runner(eager)
     d = runner.sampling(seed=1)
