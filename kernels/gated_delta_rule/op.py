@@ -3,7 +3,9 @@
 `torch.export` keeps them as single custom-op nodes (any prefill length exports); AOTInductor then sees
 the Triton kernels inside and compiles them into the artifact. `triton_op` registers the body itself as
 the fake (meta) implementation: it only allocates outputs, and the wrapped launches are no-ops on fake
-tensors. The CPU kernel is the plain-PyTorch reference, so the same model also exports for CPU.
+tensors. The CPU kernel is the plain-PyTorch reference. Exporting these ops on a machine without a GPU
+crashes at random in torch 2.11 (vector::reserve, bad_alloc, segfaults; not root-caused), so CPU artifacts
+use the reference kernels (kernels="reference") and the ops' export tests run on CUDA.
 The state argument is declared mutated; the kernels update it in place.
 """
 
