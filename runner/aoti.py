@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .artifact import METHODS, Artifact, ArtifactError, MappedFile
+from .artifact import METHODS, Artifact, ArtifactError
 from .flatbuf import Segment
 
 BACKEND_ID = "CudaBackend"
@@ -104,10 +104,9 @@ class CudaMethods:
             runner.update_constant_buffer({name: tensors[fqn] for name, fqn in wanted.items()}, False, False, True)
 
     def constants(self, method: str) -> dict[str, torch.Tensor]:
-        """The constants (weights and state) a method's container uses, by original FQN."""
-        runner = self._runners[method]
-        fqns = runner.get_constant_names_to_original_fqns()
-        return {fqns[name]: t for name, t in runner.extract_constants_map(False).items()}
+        """The constants (weights and state) a method's container uses, by original FQN (the container's
+        extract_constants_map already keys them so; update_constant_buffer takes its internal names)."""
+        return dict(self._runners[method].extract_constants_map(False))
 
     def _run(self, method: str, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         args = (tokens, input_pos)
