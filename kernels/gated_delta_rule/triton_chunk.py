@@ -142,10 +142,12 @@ def chunk_gated_delta_rule(
         num_warps=4,
     )
     BV = block_v or min(PV, 32)
+    # fp32 q/k/w tiles at K=128 need ~100 KB per pipeline stage; three stages overflow the H100's 227 KB
+    stages = 1 if v.dtype == torch.float32 and BK >= 128 else 3
     launcher(_scan_kernel)[((V + BV - 1) // BV, Hv)](
         q, k, w, u, gc, state, reset, o, T, (T + BT - 1) // BT,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
         GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-        num_warps=4,
+        num_warps=4, num_stages=stages,
     )
     return o
