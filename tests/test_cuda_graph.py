@@ -38,7 +38,8 @@ def test_changed_dependency_recaptures_instead_of_replaying_a_stale_graph():
     for _ in range(5):
         g()
     assert old.tolist() == [5.0] * 4 and holder["buf"].tolist() == [105.0] * 4
-    assert vars(g.counters) == {"eager_calls": 4, "captures": 2, "replays": 6}
+    # warmup happens once: the re-capture records at once, never calling the captured step eagerly
+    assert vars(g.counters) == {"eager_calls": 2, "captures": 2, "replays": 8}
 
 
 def test_capture_failure_falls_back_to_eager_and_says_why():
@@ -103,10 +104,13 @@ def test_one_capture_serves_other_positions_new_prompts_sessions_and_the_end_of_
     near_end = graphed.generate(cases[2][0], max_new_tokens=100, sampling=SAMPLED)
     assert near_end.stop_reason == "context_full" and len(near_end.generated_ids) == 12  # last fed position 255
     assert near_end.generated_ids == eager.generate(cases[2][0], max_new_tokens=100, sampling=SAMPLED).generated_ids
+    # the two runners share one model state: all graphed turns first, then all eager turns (its first resets)
+    turns = (ids(9), ids(4), ids(7))
     sg, se = graphed.session(), eager.session()
-    for turn in (ids(9), ids(4), ids(7)):  # same sequences, so the shared model state suits both in turn
-        assert sg.generate(turn, max_new_tokens=15, sampling=SAMPLED).generated_ids == \
-               se.generate(turn, max_new_tokens=15, sampling=SAMPLED).generated_ids
+    got = [sg.generate(turn, max_new_tokens=15, sampling=SAMPLED) for turn in turns]
+    want = [se.generate(turn, max_new_tokens=15, sampling=SAMPLED) for turn in turns]
+    assert [g.generated_ids for g in got] == [w.generated_ids for w in want]
+    assert [g.reused_tokens > 0 for g in got] == [False, True, True]
     assert graphed.graph_counters["captures"] == 1
 
 
@@ -117,43 +121,3 @@ def test_a_new_sampling_structure_recaptures(eager_cuda):
     g = graphed.generate(prompt, max_new_tokens=20, sampling=SAMPLED)
     assert g.graph["captures"] == 2
     assert g.generated_ids == eager.generate(prompt, max_new_tokens=20, sampling=SAMPLED).generated_ids
-
-
-class AotiDecode:
-    """An AOTInductor-packaged decode module as Methods (the prompt is fed through decode, one token a call)."""
-
-    def __init__(self, compiled, device):
-        self.compiled, self.device = compiled, device
-
-    def decode(self, tokens, input_pos):
-        return self.compiled(tokens, input_pos)
-
-    def prefill(self, tokens, input_pos):
-        for i in range(tokens.shape[1]):
-            logits = self.decode(tokens[:, i : i + 1], input_pos[i : i + 1])
-        return logits
-
-    def close(self):
-        pass
-
-
-def test_aoti_decode_graph_replay_matches_its_eager_calls(tmp_path):
-    # reference kernels: plain ATen ops that AOTInductor compiles (our triton_ops stayed opaque in a CUDA export)
-    model, _ = load_eager(DEFAULT_MODEL, 64, device="cuda", kernels="reference")
-    args = (torch.zeros(1, 1, dtype=torch.int64, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda"))
-    with torch.no_grad():
-        ep = torch.export.export(model, args, strict=False)
-        pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "decode.pt2"))
-    compiled = torch._inductor.aoti_load_package(pkg)
-    methods = AotiDecode(compiled, torch.device("cuda"))
-    m = metadata(model, 64, 64, DEFAULT_MODEL, stop_token_ids=[], eos_token_ids=[])
-    graphed = Runner(methods, m, tokenizer_json(), cuda_graph=True)
-    eager = Runner(methods, m, tokenizer_json(), cuda_graph=False)
-    prompt = ids(6)
-    for sampling in (GREEDY, SAMPLED):
-        e = eager.generate(prompt, max_new_tokens=50, sampling=sampling)
-        g = graphed.generate(prompt, max_new_tokens=50, sampling=sampling)
-        assert g.generated_ids == e.generated_ids and g.decode_path == "cuda_graph"
-    assert graphed.graph_counters["captures"] == 2 and graphed.graph_counters["replays"] > 80
-    ref = greedy_reference(model, prompt, 50)
-    assert eager.generate(prompt, max_new_tokens=50, sampling=GREEDY).generated_ids == ref
