@@ -89,10 +89,32 @@ def split_to_slices(programs: dict[str, ExportedProgram]) -> dict[str, ExportedP
     return programs
 
 
+@contextmanager
+def _triton_op_decomposition() -> Iterator[None]:
+    """torch.export keeps each triton_op as one node, and functionalisation wraps an op that mutates its
+    state in auto_functionalized, which AOTInductor compiles as an extern call back into the op (a
+    "fallback kernel" the ExecuTorch CUDA runtime does not have). With export's switch that preserves
+    triton_ops turned off, re-tracing inlines the op bodies: the Triton kernels appear as
+    triton_kernel_wrapper_functional nodes, which AOTInductor compiles into the library and reinplaces."""
+    import torch.export._trace as trace
+
+    original = trace.custom_triton_ops_decomposition_disabled
+    trace.custom_triton_ops_decomposition_disabled = lambda: False
+    try:
+        yield
+    finally:
+        trace.custom_triton_ops_decomposition_disabled = original
+
+
+def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
+    with _triton_op_decomposition():
+        return {name: ep.run_decompositions({}) for name, ep in programs.items()}
+
+
 def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: bool = True):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
     with _autotune(autotune):
-        return _lower_cuda(split_to_slices(programs), named_data)
+        return _lower_cuda(split_to_slices(inline_triton_ops(programs)), named_data)
 
 
 def _lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):

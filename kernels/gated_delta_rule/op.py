@@ -3,9 +3,10 @@
 `torch.export` keeps them as single custom-op nodes (any prefill length exports); AOTInductor then sees
 the Triton kernels inside and compiles them into the artifact. `triton_op` registers the body itself as
 the fake (meta) implementation: it only allocates outputs, and the wrapped launches are no-ops on fake
-tensors. The CPU kernel is the plain-PyTorch reference. Exporting these ops on a machine without a GPU
-crashes at random in torch 2.11 (vector::reserve, bad_alloc, segfaults; not root-caused), so CPU artifacts
-use the reference kernels (kernels="reference") and the ops' export tests run on CUDA.
+tensors. The CPU kernel is the plain-PyTorch reference. Tracing these ops for export crashes at random in
+torch 2.11 (ValueError vector::reserve, bad_alloc, segfaults in the fake call; not root-caused): often on
+machines without a GPU, in one of three runs on the H100 too. CPU artifacts therefore use the reference
+kernels (kernels="reference") and the ops' export tests run on CUDA.
 The state argument is declared mutated; the kernels update it in place.
 """
 

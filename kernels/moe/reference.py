@@ -15,10 +15,23 @@ import torch.nn.functional as F
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """router_logits [T, E] -> weights [T, k] (the logits' dtype), expert ids [T, k] (int64)."""
     probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
-    top, idx = torch.topk(probs, top_k, dim=-1)
+    top, idx = top_k_by_argmax(probs, top_k)
     if renormalize:
         top = top / top.sum(-1, keepdim=True)
     return top.to(router_logits.dtype), idx
+
+
+def top_k_by_argmax(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs [T, E] -> values [T, k], ids [T, k] (int64), ties to the lower index.
+    k argmax passes instead of topk: the ExecuTorch CUDA runtime has no topk kernel, every backend has argmax."""
+    experts = torch.arange(probs.shape[-1], device=probs.device)
+    values, ids, left = [], [], probs
+    for _ in range(k):
+        i = left.argmax(-1, keepdim=True)  # [T, 1]
+        values.append(left.gather(-1, i))
+        ids.append(i)
+        left = torch.where(experts == i, float("-inf"), left)
+    return torch.cat(values, -1), torch.cat(ids, -1)
 
 
 def moe(
