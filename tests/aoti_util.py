@@ -1,10 +1,10 @@
-"""AOTInductor in tests: compile an ExportedProgram to a package, then load its library in-process through
-the container runner, as the runner loads artifact methods. `torch._inductor.aoti_load_package` segfaulted
-on the H100 machines (torch 2.11, even for a two-op module); the container runner does not."""
+"""AOTInductor in tests: compile an ExportedProgram the way the ExecuTorch CUDA backend does (kernels
+embedded, libtorch not linked, weights in a separate blob) and load it in-process as the runner loads an
+artifact's methods. Packages loaded with `torch._inductor.aoti_load_package`, or their libraries through the
+container runner, segfaulted on the H100 machines (torch 2.11, even a two-op module); this path loads."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -12,16 +12,31 @@ import torch
 from torch.export import ExportedProgram
 from torch.utils import _pytree as pytree
 
+from gdn.runner.aoti import make_libtorch_global
+
+OPTIONS = {
+    "aot_inductor.embed_kernel_binary": True,
+    "aot_inductor.link_libtorch": False,
+    "aot_inductor.package": True,
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.package_constants_on_disk_format": "binary_blob",
+}
+
 
 def compile_and_load(ep: ExportedProgram, workdir: Path) -> tuple[Callable[..., object], str]:
-    """-> (callable with the program's signature, the generated C++ wrapper source)."""
-    pkg = torch._inductor.aoti_compile_and_package(ep, package_path=str(workdir / "model.pt2"))
-    unpacked = workdir / "unpacked"
-    with zipfile.ZipFile(pkg) as z:
-        z.extractall(unpacked)
-    (so,) = [p for p in unpacked.rglob("*.so")]
-    src = "\n".join(p.read_text(errors="replace") for p in sorted(unpacked.rglob("*.cpp")))
-    runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda", str(so.parent))
+    """-> (callable with the program's signature, the generated C++ sources)."""
+    # the placeholders' fake values carry the symbolic (dynamic) dims, as the ExecuTorch backend passes them
+    user = set(ep.graph_signature.user_inputs)
+    fake = tuple(n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder" and n.name in user)
+    with torch.no_grad():
+        paths = [Path(p) for p in torch._inductor.aot_compile(ep.module(), fake, options=OPTIONS)]
+    (so,) = [p for p in paths if p.name.endswith(".wrapper.so")]
+    (blob,) = [p for p in paths if p.name.endswith(".wrapper_weights.blob")]
+    cpp = {p for p in paths if p.suffix == ".cpp"} | set(so.parent.glob("*.cpp"))
+    src = "\n".join(p.read_text(errors="replace") for p in sorted(cpp))
+    make_libtorch_global()
+    runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda")
+    runner.update_constant_buffer_from_blob(str(blob))
     out_spec = ep.call_spec.out_spec
 
     def call(*args, **kwargs):

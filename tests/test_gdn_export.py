@@ -5,7 +5,6 @@ and the generated wrapper holds no extra copy of the recurrent state."""
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch.export import Dim
 
 import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
+from aoti_util import compile_and_load
 
 OPS = ("gdn.causal_conv1d", "gdn.chunk_gated_delta_rule", "gdn.recurrent_gated_delta_rule")
 
@@ -82,11 +82,6 @@ def test_export_keeps_ops_cpu(T):
     torch.testing.assert_close(ep.module()(*args), eager(*args), rtol=1e-5, atol=1e-5)
 
 
-def wrapper_sources(package: Path) -> str:
-    with zipfile.ZipFile(package) as z:
-        return "\n".join(z.read(n).decode(errors="replace") for n in z.namelist() if n.endswith(".cpp"))
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("T,dt", [(1, "bf16"), (300, "bf16")], ids=["decode-bf16", "prefill-bf16"])
 def test_aoti_matches_eager_cuda(T, dt, tmp_path):
@@ -97,10 +92,9 @@ def test_aoti_matches_eager_cuda(T, dt, tmp_path):
     eager.load_state_dict(m.state_dict())
     ep = export(m, T, dtype, "cuda")
     assert {"gdn.causal_conv1d"} <= op_targets(ep)
-    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "gdn.pt2"))
+    compiled, src = compile_and_load(ep, tmp_path)
     dump = os.environ.get("GDN_AOTI_DUMP")
-    src = wrapper_sources(Path(path))
-    if dump:  # written before loading: loading segfaulted once on the H100
+    if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
         Path(dump, f"wrapper_{'decode' if T == 1 else 'prefill'}_{dt}.cpp").write_text(src)
     assert src, "no generated C++ in the package"
@@ -108,7 +102,6 @@ def test_aoti_matches_eager_cuda(T, dt, tmp_path):
     assert "triton" in src.lower() or "launchKernel" in src
     # no full copy of the recurrent state: no copy kernel/ATen copy and no [1, 32, 128, 128] temporary
     assert "aoti_torch_copy_" not in src, "compiled program copies a buffer"
-    compiled = torch._inductor.aoti_load_package(path)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     # reset first, then continue from the state the compiled program left in its buffers
     for i, n in enumerate([1, 1, 1] if T == 1 else [T, 65]):
