@@ -1,0 +1,316 @@
+"""gdn-bench: tokens/s at batch 1 against the memory limit and against transformers, in one run, on one GPU.
+
+    python scripts/gdn_bench.py [--models tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l] [--out DIR] [--no-peer]
+
+For each model (random weights made on the fly in Hugging Face layout by transformers, except `tiny`, the
+bundled default model): export time and artifact size, load time, time to first token, prefill tokens/s at
+128 / 1024 / 4096 prompt tokens, decode tokens/s over 256 new tokens with and without the CUDA graph, peak
+GPU memory. The memory limit of a decode step is the bytes it must read (the weights a token uses - for MoE
+only the routed and shared experts -, the recurrent and conv state, the KV cache in use) over the
+device-to-device copy bandwidth measured in the same run. The peer is transformers' `generate` (eager,
+bf16; flash-linear-attention's kernels when fla is installed) on the same checkpoint.
+Writes DIR/bench.json, DIR/bench.png (when matplotlib is there) and prints a table. Timings: CUDA events,
+medians. Artifacts and checkpoints are kept in DIR and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
+from gdn.export.progress import Progress
+from gdn.runner import Runner, SamplingParams
+from gdn.runner.generate import DecodeLoop, prefill
+from gdn.runner.sampling import Sampler
+
+PROMPTS = (128, 1024, 4096)
+NEW_TOKENS = 256
+GREEDY = SamplingParams(temperature=0.0)
+ROPE = {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25}
+GDN_2048 = dict(hidden_size=2048, head_dim=256, num_key_value_heads=2, linear_num_key_heads=16,
+                linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4,
+                vocab_size=248320, rope_parameters=ROPE, max_position_embeddings=262144)
+# name -> (transformers class, config class, config kwargs)
+MODELS = {
+    "tiny": None,
+    "qwen3.5-2b": ("Qwen3_5ForCausalLM", "Qwen3_5TextConfig", dict(
+        GDN_2048, num_hidden_layers=24, layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 6,
+        num_attention_heads=8, linear_num_value_heads=16, intermediate_size=6144, tie_word_embeddings=True)),
+    "qwen3.5-35b-a3b-8l": ("Qwen3_5MoeForCausalLM", "Qwen3_5MoeTextConfig", dict(
+        GDN_2048, num_hidden_layers=8, layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2,
+        num_attention_heads=16, linear_num_value_heads=32, num_experts=256, num_experts_per_tok=8,
+        moe_intermediate_size=512, shared_expert_intermediate_size=512, tie_word_embeddings=False)),
+}
+
+
+@dataclass
+class Result:
+    model: str
+    params: int = 0
+    export_s: float | None = None
+    artifact_bytes: int = 0
+    load_s: float = 0.0
+    ttft_ms: float = 0.0
+    prefill_tok_s: dict = field(default_factory=dict)
+    decode_tok_s_graph: float = 0.0
+    decode_tok_s_eager: float = 0.0
+    decode_bytes: int = 0
+    limit_tok_s: float = 0.0
+    peak_gpu_bytes: int = 0
+    peer: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def cuda_ms(fn, reps: int) -> float:
+    """Median milliseconds of `fn()` over `reps` runs, CUDA events around each."""
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy, bytes/s counting read + write."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    ms = cuda_ms(lambda: dst.copy_(src), 20)
+    return 2 * nbytes / (ms / 1e3)
+
+
+def make_checkpoint(name: str, folder: Path) -> Path:
+    if MODELS[name] is None:
+        return DEFAULT_CHECKPOINT
+    path = folder / f"ckpt-{name}"
+    if (path / "config.json").exists():
+        return path
+    import transformers
+
+    cls_name, cfg_name, kwargs = MODELS[name]
+    cfg = getattr(transformers, cfg_name)(**kwargs)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = getattr(transformers, cls_name)(cfg).to(torch.bfloat16)
+    model.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return path
+
+
+def decode_bytes(cfg: dict, dtype: str, pos: int, state: int) -> int:
+    """Bytes one decode step reads at position `pos` (cfg: the artifact's model config): the weights a token
+    uses (the embedding: one row; MoE: router, k routed and the shared expert), the state, the KV cache in use."""
+    H, V, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    b = 4 if dtype == "float32" else 2
+    hd, nq, nkv = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    Hk, Hv = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    K, Vd, W = cfg["linear_key_head_dim"], cfg["linear_value_head_dim"], cfg["linear_conv_kernel_dim"]
+    attn = H * 2 * nq * hd + 2 * H * nkv * hd + nq * hd * H  # q with its output gate, k, v, o
+    gdn = H * (2 * Hk * K + 2 * Hv * Vd + 2 * Hv) + (2 * Hk * K + Hv * Vd) * W + Hv * Vd * H
+    moe = H * (cfg["num_experts"] + 1) + 3 * H * (cfg["num_experts_per_tok"] * cfg["moe_intermediate_size"]
+                                                   + cfg["shared_expert_intermediate_size"])
+    dense = 3 * H * cfg["intermediate_size"]
+    n_full = cfg["layer_types"].count("full_attention")
+    mlp = sum(moe if m else dense for m in cfg["moe_layers"])
+    weights = b * (n_full * attn + (L - n_full) * gdn + mlp + V * H + H)
+    kv = b * n_full * 2 * nkv * hd * pos
+    return weights + kv + state
+
+
+def state_bytes(runner: Runner) -> int:
+    """Recurrent and conv state (the KV cache in use is counted by position in decode_bytes)."""
+    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+    total = 0
+    for s in runner.meta.state:
+        if not s["name"].endswith("_cache"):
+            n = 1
+            for d in s["shape"]:
+                n *= d
+            total += n * sizes[s["dtype"]]
+    return total
+
+
+def time_decode(runner: Runner, prompt: list[int], graph: bool) -> float:
+    """Tokens/s over NEW_TOKENS greedy steps after a prefill (each step reads its token back, as gdn-run does)."""
+    loop = DecodeLoop(runner.methods, Sampler(GREEDY, runner.vocab_size, runner.device), cuda_graph=graph)
+
+    def run():
+        logits = prefill(runner.methods, prompt, 0, runner.prefill_chunk)
+        loop.start(loop.sampler(logits), len(prompt))
+        torch.cuda.synchronize()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(NEW_TOKENS - 1):
+            loop.step()
+        b.record()
+        b.synchronize()
+        return (NEW_TOKENS - 1) / (a.elapsed_time(b) / 1e3)
+
+    run()  # warmup (and the graph's capture)
+    return statistics.median(run() for _ in range(3))
+
+
+def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result) -> None:
+    out = folder / f"{name}-{dtype}.pte"
+    if not out.exists():
+        t0 = time.perf_counter()
+        run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len,
+                                 autotune=False), Progress())
+        r.export_s = time.perf_counter() - t0
+    else:
+        r.notes.append("export reused from an earlier run")
+    r.artifact_bytes = sum(p.stat().st_size for p in (out, out.with_suffix(".ptd")) if p.exists())
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    runner = Runner.load(out)
+    r.load_s = time.perf_counter() - t0
+    vocab = runner.vocab_size
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (max(PROMPTS),), generator=g).tolist()
+    for n in PROMPTS:
+        if n + NEW_TOKENS < runner.max_seq_len:
+            ms = cuda_ms(lambda: prefill(runner.methods, ids[:n], 0, runner.prefill_chunk), 3)
+            r.prefill_tok_s[n] = n / (ms / 1e3)
+    r.ttft_ms = statistics.median(
+        runner.generate(ids[:128], max_new_tokens=1, sampling=GREEDY).timings.prefill_s * 1e3
+        for _ in range(3))
+    # eager first: once the decode container's run is captured into a graph, eager runs of it fail
+    r.decode_tok_s_eager = time_decode(runner, ids[:128], graph=False)
+    r.decode_tok_s_graph = time_decode(runner, ids[:128], graph=True)
+    r.peak_gpu_bytes = torch.cuda.max_memory_allocated()
+    r.decode_bytes = decode_bytes(runner.meta.config, runner.meta.dtype, 128 + NEW_TOKENS // 2, state_bytes(runner))
+    runner.close()
+
+
+def bench_peer(ckpt: Path, r: Result, vocab: int) -> None:
+    """transformers generate, eager bf16, same weights."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cuda").eval()
+    gdn = next(m for m in model.modules() if hasattr(m, "chunk_gated_delta_rule"))
+    fla = "fla" in getattr(gdn.chunk_gated_delta_rule, "__module__", "")
+    ids = torch.randint(3, vocab, (1, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def gen(n):
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+
+    gen(4)
+    t1 = cuda_ms(lambda: gen(1), 3)
+    tn = cuda_ms(lambda: gen(NEW_TOKENS), 2)
+    r.peer = {"name": f"transformers {transformers.__version__} eager bf16" + (" + fla" if fla else " (no fla)"),
+              "ttft_ms": t1, "decode_tok_s": (NEW_TOKENS - 1) / ((tn - t1) / 1e3)}
+
+
+def environment() -> dict:
+    import triton
+
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        driver = "unknown"
+    return {"device": torch.cuda.get_device_name(), "driver": driver, "torch": torch.__version__,
+            "triton": triton.__version__, "python": platform.python_version()}
+
+
+def table(results: list[Result], bw: float) -> str:
+    rows = [f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)",
+            f"{'model':20} {'export s':>8} {'size MB':>8} {'load s':>6} {'TTFT ms':>8} "
+            + " ".join(f"{'pre' + str(n):>8}" for n in PROMPTS)
+            + f" {'dec graph':>9} {'dec eager':>9} {'limit':>7} {'%limit':>6} {'peer':>7} {'x peer':>6} {'peak GB':>7}"]
+    for r in results:
+        pre = " ".join(f"{r.prefill_tok_s.get(n, float('nan')):8.0f}" for n in PROMPTS)
+        peer = r.peer.get("decode_tok_s", float("nan"))
+        rows.append(f"{r.model:20} {r.export_s or float('nan'):8.1f} {r.artifact_bytes / 1e6:8.1f} {r.load_s:6.2f} "
+                    f"{r.ttft_ms:8.2f} {pre} {r.decode_tok_s_graph:9.1f} {r.decode_tok_s_eager:9.1f} "
+                    f"{r.limit_tok_s:7.0f} {100 * r.decode_tok_s_graph / r.limit_tok_s:5.1f}% {peer:7.1f} "
+                    f"{r.decode_tok_s_graph / peer:6.1f} {r.peak_gpu_bytes / 1e9:7.2f}")
+    return "\n".join(rows)
+
+
+def chart(results: list[Result], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [r.model for r in results]
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    w = 0.2
+    ax.bar([i - 1.5 * w for i in x], [r.limit_tok_s for r in results], w, label="memory limit")
+    ax.bar([i - 0.5 * w for i in x], [r.decode_tok_s_graph for r in results], w, label="gdn, CUDA graph")
+    ax.bar([i + 0.5 * w for i in x], [r.decode_tok_s_eager for r in results], w, label="gdn, eager")
+    ax.bar([i + 1.5 * w for i in x], [r.peer.get("decode_tok_s", 0) for r in results], w, label="transformers")
+    ax.set_xticks(list(x), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("decode tokens/s, batch 1")
+    ax.set_title(f"decode on {torch.cuda.get_device_name()}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l")
+    ap.add_argument("--out", type=Path, default=Path("bench"))
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="our artifact's dtype (the peer runs bf16)")
+    ap.add_argument("--no-peer", action="store_true")
+    args = ap.parse_args(argv)
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        print(f"gdn-bench: error: unknown model {unknown[0]!r}; expected one of {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("gdn-bench: error: needs an NVIDIA GPU", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    bw = copy_bandwidth()
+    results = []
+    for name in names:
+        r = Result(name)
+        ckpt = make_checkpoint(name, args.out)
+        max_seq = 512 if name == "tiny" else max(PROMPTS) + NEW_TOKENS + 64
+        bench_ours(name, ckpt, args.out, max_seq, args.dtype, r)
+        r.notes.append(f"gdn {args.dtype}")
+        r.limit_tok_s = bw / r.decode_bytes
+        if not args.no_peer:
+            try:
+                bench_peer(ckpt, r, json.loads((ckpt / "config.json").read_text()).get("vocab_size", 512))
+            except Exception as e:  # the peer is best effort: say why it did not run
+                r.peer = {"error": f"{type(e).__name__}: {e}"[:300]}
+        results.append(r)
+        print(table([r], bw), flush=True)
+    report = {"environment": environment(), "copy_bandwidth_Bps": bw, "results": [asdict(r) for r in results]}
+    (args.out / "bench.json").write_text(json.dumps(report, indent=1))
+    print(table(results, bw))
+    if chart(results, args.out / "bench.png"):
+        print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
