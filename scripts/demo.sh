@@ -4,4 +4,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
 cd "$GDN_ROOT"
 gdn-export model.pte
-gdn-run --model model.pte --prompt "${1:-Python Software Foundation License}" --max-new-tokens 32 --stats
+gdn-run --model model.pte --prompt "${1:-The borrow checker}" --max-new-tokens 32 --stats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -10,6 +11,13 @@ import torch
 from gdn.export.checkpoint import load_model
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "export" / "default_model"
+DEFAULT_VOCAB = json.loads((DEFAULT_MODEL / "config.json").read_text())["vocab_size"]
+DEFAULT_STOP_IDS = tuple(json.loads((DEFAULT_MODEL / "generation_config.json").read_text())["eos_token_id"])
+
+
+def random_ids(n: int, vocab: int = DEFAULT_VOCAB) -> list[int]:
+    """n random ordinary token ids (ids 0-2 are the special tokens)."""
+    return [random.randrange(3, vocab) for _ in range(n)]
 
 
 class EagerMethods:

@@ -1,7 +1,6 @@
 """Checkpoint loading: layouts (single, sharded, fused experts), and every bad checkpoint fails clearly."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gdn.export.checkpoint import CheckpointError, load_model
-from gdn.export.config import ConfigError
+from gdn.export.config import FULL, LINEAR, ConfigError
+from runner_eager import DEFAULT_MODEL
 
 
 def _copy(src, dst, tensors=None, config=None):
@@ -150,12 +150,12 @@ def test_peak_host_memory_is_one_copy_of_the_weights(dtype, tmp_path_factory):
     (memory-mapped file pages are page cache, not counted)."""
     path = tmp_path_factory.getbasetemp() / "big-checkpoint"
     if not path.exists():
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "scripts", "make_default_model.py"),
-                        str(path)], check=True, capture_output=True)
-        cfg = json.loads((path / "config.json").read_text())
-        cfg.update(hidden_size=1024, vocab_size=16000, intermediate_size=2048, num_experts=8,
-                   moe_intermediate_size=512, shared_expert_intermediate_size=512,
-                   linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64)
+        path.mkdir()
+        cfg = json.loads((DEFAULT_MODEL / "config.json").read_text())
+        cfg.update(hidden_size=1024, vocab_size=16000, num_hidden_layers=4, layer_types=[LINEAR] * 3 + [FULL],
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+                   num_experts=8, moe_intermediate_size=512, shared_expert_intermediate_size=512,
+                   linear_num_key_heads=2, linear_num_value_heads=8, linear_key_head_dim=64, linear_value_head_dim=64)
         (path / "config.json").write_text(json.dumps(cfg))
         from gdn.export.checkpoint import recipes
         from gdn.export.config import parse_config

@@ -1,14 +1,12 @@
 """The warmup -> capture -> replay state machine (GPU): on a counter step, on the eager model behind the
 Methods interface (fp32, kernels="ops"), and on an AOTInductor-compiled decode module."""
 
-import random
-
 import pytest
 import torch
 
 from gdn.runner import Runner, SamplingParams
 from gdn.runner.cuda_graph import GraphedStep, GraphState
-from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, metadata, tokenizer_json
+from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, metadata, random_ids, tokenizer_json
 
 pytestmark = pytest.mark.cuda
 MAX_SEQ = 256
@@ -77,7 +75,7 @@ def runners(eager_cuda, **meta):
 
 
 def ids(n):
-    return [random.randrange(3, 512) for _ in range(n)]
+    return random_ids(n)
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])

@@ -2,7 +2,6 @@
 script): greedy tokens equal the eager model's, streaming, chat, stats, seeds, and every bad input."""
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gdn.runner.cli import main
-from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, tokenizer_json
+from runner_eager import (DEFAULT_MODEL, DEFAULT_STOP_IDS, DEFAULT_VOCAB, greedy_reference, load_eager, random_ids,
+                          tokenizer_json)
 
 MAX_SEQ = 64
 
@@ -44,14 +44,23 @@ def run_json(capsys, *args) -> dict:
 
 
 def test_json_greedy_tokens_equal_the_eager_model(capsys, artifact, eager_model):
-    ids = [random.randrange(3, 512) for _ in range(21)]  # 21 > the 16-token prefill chunk
+    ids = random_ids(21)  # 21 > the 16-token prefill chunk
     got = run_json(capsys, "--model", str(artifact), "--prompt-ids", ",".join(map(str, ids)),
                    "--temperature", "0", "--max-new-tokens", "24")
     assert got["prompt_ids"] == ids and got["decode_path"] == "eager"
     ref = greedy_reference(eager_model, ids, 24)
     n = len(got["generated_ids"])
     assert got["generated_ids"] == ref[:n]
-    assert n == 24 or (got["stop_reason"] == "stop_token" and got["generated_ids"][-1] in (0, 2))
+    assert n == 24 or (got["stop_reason"] == "stop_token" and got["generated_ids"][-1] in DEFAULT_STOP_IDS)
+
+
+def test_fixed_prompt_greedy_continuation_equals_the_stored_eager_expectation(capsys, artifact):
+    """tests/data/default_model_greedy.json comes from eager PyTorch (scripts/default_model_expectation.py)."""
+    want = json.loads((Path(__file__).parent / "data" / "default_model_greedy.json").read_text())
+    got = run_json(capsys, "--model", str(artifact), "--prompt", want["prompt"], "--temperature", "0",
+                   "--max-new-tokens", str(want["max_new_tokens"]))
+    assert got["prompt_ids"] == want["prompt_ids"]
+    assert got["generated_ids"] == want["generated_ids"] and got["text"] == want["text"]
 
 
 def test_text_prompt_stream_equals_json_text_and_stats_line(capsys, artifact, eager_model):
@@ -97,7 +106,8 @@ BAD = [
     (["--model", "{art}", "--prompt", "x", "--temperature", "-1"], "temperature must be"),
     (["--model", "{art}", "--prompt", "x", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
     (["--model", "{art}", "--prompt", "x", "--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
-    (["--model", "{art}", "--prompt-ids", "1,512"], "token id 512 is outside the vocabulary [0, 512)"),
+    (["--model", "{art}", "--prompt-ids", f"1,{DEFAULT_VOCAB}"],
+     f"token id {DEFAULT_VOCAB} is outside the vocabulary [0, {DEFAULT_VOCAB})"),
     (["--model", "{art}", "--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
     (["--model", "{art}", "--prompt-ids", ",".join(["1"] * MAX_SEQ)], "does not fit max_seq_len 64"),
     (["--model", "{art}", "--prompt", "x", "--prompt-ids", "1"], "exactly one of"),

@@ -4,7 +4,6 @@ line and exit 2. Set GDN_CUDA_ARTIFACT to reuse an artifact exported with --max-
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from gdn.runner import Runner, SamplingParams
 from gdn.runner.cli import main
-from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager
+from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, random_ids
 
 pytestmark = pytest.mark.cuda
 
@@ -36,7 +35,7 @@ def run(capsys, *args):
 
 
 def test_cli_graph_and_eager_are_token_identical_and_equal_the_eager_model(capsys, artifact):
-    ids = [random.randrange(3, 512) for _ in range(29)]
+    ids = random_ids(29)
     results = {}
     for flag in ("--cuda-graph", "--no-cuda-graph"):
         code, out, err = run(capsys, "--model", str(artifact), "--prompt-ids", ",".join(map(str, ids)),
@@ -67,7 +66,7 @@ def test_runner_session_and_many_prompts_on_one_graph(artifact):
     eager = Runner.load(artifact, cuda_graph=False)
     greedy = SamplingParams(temperature=0.0)
     for n in (3, 40, 100):
-        ids = [random.randrange(3, 512) for _ in range(n)]
+        ids = random_ids(n)
         assert graphed.generate(ids, max_new_tokens=30, sampling=greedy).generated_ids == \
                eager.generate(ids, max_new_tokens=30, sampling=greedy).generated_ids
     sg, se = graphed.session(), eager.session()

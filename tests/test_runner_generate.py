@@ -1,13 +1,14 @@
 """Generation logic of the Runner on CPU, over an eager model behind the Methods interface (the bundled
 default model: real checkpoint layout, real byte-level BPE tokenizer and chat template)."""
 
-import random
+import json
 import threading
 
 import pytest
 
 from gdn.runner import ContextFullError, InputError, Runner, SamplingParams
-from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, metadata, tokenizer_json
+from runner_eager import (DEFAULT_MODEL, DEFAULT_VOCAB, greedy_reference, load_eager, metadata, random_ids,
+                          tokenizer_json)
 
 MAX_SEQ = 96
 
@@ -23,10 +24,6 @@ def make_runner(eager, chunk=64, max_seq_len=MAX_SEQ, **meta):
 
 
 GREEDY = SamplingParams(temperature=0.0)
-
-
-def random_ids(n: int) -> list[int]:
-    return [random.randrange(3, 512) for _ in range(n)]
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64], ids=["chunk1", "chunk7", "chunk64"])
@@ -131,7 +128,8 @@ def test_sampling_keywords_equal_sampling_params(eager):
 def test_generation_defaults_come_from_the_artifact(eager):
     runner = make_runner(eager)
     d = runner.sampling(seed=1)
-    assert (d.temperature, d.top_k, d.top_p) == (0.8, 40, 0.95)
+    gen = json.loads((DEFAULT_MODEL / "generation_config.json").read_text())
+    assert (d.temperature, d.top_k, d.top_p) == (gen["temperature"], gen["top_k"], gen["top_p"])
     runner = make_runner(eager, generation_defaults={"do_sample": False, "temperature": 0.8})
     assert runner.sampling().greedy
 
@@ -145,7 +143,8 @@ def test_streamed_pieces_join_to_the_text(eager):
 
 @pytest.mark.parametrize(
     "prompt, kwargs, match",
-    [("", {}, "prompt is empty"), ([], {}, "prompt is empty"), ([5, 512], {}, "token id 512 is outside"),
+    [("", {}, "prompt is empty"), ([], {}, "prompt is empty"),
+     ([5, DEFAULT_VOCAB], {}, f"token id {DEFAULT_VOCAB} is outside"),
      ([-1], {}, "token id -1 is outside"), ([1, 2], {"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
      ([1, 2], {"chat": True}, "chat needs a text prompt")],
     ids=["empty_text", "empty_ids", "id_too_big", "id_negative", "zero_new_tokens", "chat_ids"],
