@@ -86,3 +86,18 @@ def test_missing_ptd_is_one_line_exit_2(capsys, artifact, tmp_path):
     ours = [line for line in err.splitlines() if line.startswith("gdn-run")]
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(ours) == 1 and ours[0].startswith("gdn-run: error: missing data file")
+
+
+def test_a_new_sampling_structure_recaptures_over_the_artifact(artifact):
+    """A captured AOTInductor container fails every later eager run ("invalid argument"), so the re-capture
+    for a new sampling structure must record at once, without warmup calls."""
+    graphed = Runner.load(artifact, cuda_graph=True)
+    eager = Runner.load(artifact, cuda_graph=False)
+    prompt = random_ids(11)
+    for params in (SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, top_k=20, seed=5)):
+        g = graphed.generate(prompt, max_new_tokens=20, sampling=params)
+        e = eager.generate(prompt, max_new_tokens=20, sampling=params)
+        assert g.generated_ids == e.generated_ids and g.decode_path == "cuda_graph"
+    assert graphed.graph_counters["captures"] == 2 and graphed.graph_counters["eager_calls"] == 3
+    graphed.close()
+    eager.close()
