@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -32,6 +33,8 @@ from gdn.export.progress import Progress
 from gdn.runner import Runner, SamplingParams
 from gdn.runner.generate import DecodeLoop, prefill
 from gdn.runner.sampling import Sampler
+
+from bench_gdn import copy_bandwidth  # scripts/ is on sys.path when run as a script
 
 PROMPTS = (128, 1024, 4096)
 NEW_TOKENS = 256
@@ -84,15 +87,6 @@ def cuda_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy, bytes/s counting read + write."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    ms = cuda_ms(lambda: dst.copy_(src), 20)
-    return 2 * nbytes / (ms / 1e3)
-
-
 def make_checkpoint(name: str, folder: Path) -> Path:
     if MODELS[name] is None:
         return DEFAULT_CHECKPOINT
@@ -135,14 +129,7 @@ def decode_bytes(cfg: dict, dtype: str, pos: int, state: int) -> int:
 def state_bytes(runner: Runner) -> int:
     """Recurrent and conv state (the KV cache in use is counted by position in decode_bytes)."""
     sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
-    total = 0
-    for s in runner.meta.state:
-        if not s["name"].endswith("_cache"):
-            n = 1
-            for d in s["shape"]:
-                n *= d
-            total += n * sizes[s["dtype"]]
-    return total
+    return sum(math.prod(s["shape"]) * sizes[s["dtype"]] for s in runner.meta.state if not s["name"].endswith("_cache"))
 
 
 def time_decode(runner: Runner, prompt: list[int], graph: bool) -> float:
@@ -288,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gdn-bench: error: needs an NVIDIA GPU", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(1 << 30, 1)[1] * 1e9  # bytes/s, read + write
     results = []
     for name in names:
         r = Result(name)

@@ -23,7 +23,7 @@ OPTIONS = {
 }
 
 
-def compile_and_load(ep: ExportedProgram, workdir: Path) -> tuple[Callable[..., object], str]:
+def compile_and_load(ep: ExportedProgram) -> tuple[Callable[..., object], str]:
     """-> (callable with the program's signature, the generated C++ sources)."""
     # the placeholders' fake values carry the symbolic (dynamic) dims, as the ExecuTorch backend passes them
     user = set(ep.graph_signature.user_inputs)

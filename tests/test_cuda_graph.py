@@ -1,5 +1,6 @@
 """The warmup -> capture -> replay state machine (GPU): on a counter step, on the eager model behind the
-Methods interface (fp32, kernels="ops"), and on an AOTInductor-compiled decode module."""
+Methods interface (fp32, kernels="ops"). Replay over a real artifact's AOTInductor containers is in
+tests/test_runner_cuda_e2e.py."""
 
 import pytest
 import torch

@@ -84,7 +84,7 @@ def test_export_keeps_ops_cpu(T):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("T,dt", [(1, "bf16"), (300, "bf16")], ids=["decode-bf16", "prefill-bf16"])
-def test_aoti_matches_eager_cuda(T, dt, tmp_path):
+def test_aoti_matches_eager_cuda(T, dt):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dt]
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     m = GDNCore(16, 32, 128, 128, 4, dtype).cuda()
@@ -92,12 +92,12 @@ def test_aoti_matches_eager_cuda(T, dt, tmp_path):
     eager.load_state_dict(m.state_dict())
     ep = export(m, T, dtype, "cuda")
     assert {"gdn.causal_conv1d"} <= op_targets(ep)
-    compiled, src = compile_and_load(ep, tmp_path)
+    compiled, src = compile_and_load(ep)
     dump = os.environ.get("GDN_AOTI_DUMP")
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
         Path(dump, f"wrapper_{'decode' if T == 1 else 'prefill'}_{dt}.cpp").write_text(src)
-    assert src, "no generated C++ in the package"
+    assert src, "no generated C++ from the compile"
     # the Triton kernels are inside the artifact, not calls back into Python
     assert "triton" in src.lower() or "launchKernel" in src
     # no full copy of the recurrent state: no copy kernel/ATen copy and no [1, 32, 128, 128] temporary
