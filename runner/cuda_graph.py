@@ -6,10 +6,9 @@ run) happens outside capture; the next call records `step` into a `torch.cuda.CU
 stream with a private memory pool and then replays it, which performs that call; every later call only
 replays. `deps()` returns a hashable fingerprint of everything the graph reads that is decided outside
 it (buffer addresses, sampler structure): it is checked before every replay, and a change sends the
-machine back to capture instead of replaying a stale graph. Warmup happens once: after a capture the step
-is never called eagerly again, because an AOTInductor container whose run was captured fails every later
-eager run ("invalid argument", measured on the H100); a re-capture records directly. If capture fails the
-machine falls back to eager calls for good and records why.
+machine back to capture instead of replaying a stale graph. Warmup happens once (what it initialises
+stays initialised): a re-capture records directly. If capture fails the machine falls back to eager calls
+for good and records why.
 
 States: EAGER (disabled or fallen back) | WARMUP | READY (captured, replaying).
 Not thread-safe: one GraphedStep belongs to one decode loop.

@@ -35,7 +35,7 @@ def compile_and_load(ep: ExportedProgram) -> tuple[Callable[..., object], str]:
     cpp = {p for p in paths if p.suffix == ".cpp"} | set(so.parent.glob("*.cpp"))
     src = "\n".join(p.read_text(errors="replace") for p in sorted(cpp))
     make_libtorch_global()
-    runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda")
+    runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda", "", True)
     runner.update_constant_buffer_from_blob(str(blob))
     out_spec = ep.call_spec.out_spec
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from gdn.runner import Runner, SamplingParams
 from gdn.runner.cli import main
@@ -89,8 +90,9 @@ def test_missing_ptd_is_one_line_exit_2(capsys, artifact, tmp_path):
 
 
 def test_a_new_sampling_structure_recaptures_over_the_artifact(artifact):
-    """A captured AOTInductor container fails every later eager run ("invalid argument"), so the re-capture
-    for a new sampling structure must record at once, without warmup calls."""
+    """A new sampling structure re-captures at once (warmup happens once), and a container whose run was
+    captured still runs eagerly: the runner uses the single-threaded run, whose thread-safe twin records a
+    completion event that a capture leaves failing every later run ("invalid argument")."""
     graphed = Runner.load(artifact, cuda_graph=True)
     eager = Runner.load(artifact, cuda_graph=False)
     prompt = random_ids(11)
@@ -99,5 +101,8 @@ def test_a_new_sampling_structure_recaptures_over_the_artifact(artifact):
         e = eager.generate(prompt, max_new_tokens=20, sampling=params)
         assert g.generated_ids == e.generated_ids and g.decode_path == "cuda_graph"
     assert graphed.graph_counters["captures"] == 2 and graphed.graph_counters["eager_calls"] == 3
+    one = torch.tensor([[prompt[0]]], device="cuda")
+    logits = graphed.methods.decode(one, torch.tensor([0], device="cuda"))
+    assert torch.isfinite(logits).all()
     graphed.close()
     eager.close()
