@@ -46,22 +46,42 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
 
 
 @contextmanager
-def _autotune(enabled: bool) -> Iterator[None]:
-    """The CUDA backend compiles GEMMs only from Triton templates (no libtorch), picked by autotuning.
-    Without autotuning, each GEMM takes the first template config: a much faster export, slower GEMMs."""
+def _backend_settings(autotune: bool, decompose: bool) -> Iterator[None]:
+    """autotune: the CUDA backend compiles GEMMs only from Triton templates (no libtorch), picked by
+    autotuning; without it each GEMM takes the first template config (a much faster export, slower GEMMs).
+    decompose: the backend re-traces each method for its decomposition table (conv1d -> conv2d only), which
+    costs about 40 s on a 24-layer model; skipped when no method has a convolution."""
     from executorch.backends.cuda.cuda_backend import CudaBackend
 
-    original = CudaBackend.__dict__["get_aoti_compile_options"]
-
-    def options(cls, compile_specs):
-        return {**original.__func__(cls, compile_specs), "test_configs.max_mm_configs": 1}
-
-    if not enabled:
-        CudaBackend.get_aoti_compile_options = classmethod(options)
+    saved = {k: CudaBackend.__dict__[k] for k in ("get_aoti_compile_options", "get_decomposition_table")}
+    options = saved["get_aoti_compile_options"].__func__
+    if not autotune:
+        CudaBackend.get_aoti_compile_options = classmethod(
+            lambda cls, specs: {**options(cls, specs), "test_configs.max_mm_configs": 1})
+    if not decompose:
+        CudaBackend.get_decomposition_table = classmethod(lambda cls: {})
     try:
         yield
     finally:
-        CudaBackend.get_aoti_compile_options = original
+        for k, v in saved.items():
+            setattr(CudaBackend, k, v)
+
+
+def _has_target(programs: dict[str, ExportedProgram], match) -> bool:
+    return any(n.op == "call_function" and match(n.target) for ep in programs.values() for n in ep.graph.nodes)
+
+
+def _has_our_ops(programs: dict[str, ExportedProgram]) -> bool:
+    """A `gdn::` op node, or one wrapped by functionalisation (auto_functionalized(op, ...))."""
+    def ours(t) -> bool:
+        return getattr(t, "namespace", None) == "gdn"
+
+    return any(n.op == "call_function" and (ours(n.target) or (n.args and ours(n.args[0])))
+               for ep in programs.values() for n in ep.graph.nodes)
+
+
+def _is_convolution(target) -> bool:
+    return "aten.conv" in str(target)
 
 
 def split_to_slices(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
@@ -107,14 +127,18 @@ def _triton_op_decomposition() -> Iterator[None]:
 
 
 def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
+    """A re-trace of each method (about 35 s on a 24-layer model): only where our ops appear."""
+    if not _has_our_ops(programs):
+        return programs
     with _triton_op_decomposition():
         return {name: ep.run_decompositions({}) for name, ep in programs.items()}
 
 
 def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: bool = True):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
-    with _autotune(autotune):
-        return _lower_cuda(split_to_slices(inline_triton_ops(programs)), named_data)
+    programs = split_to_slices(inline_triton_ops(programs))
+    with _backend_settings(autotune, decompose=_has_target(programs, _is_convolution)):
+        return _lower_cuda(programs, named_data)
 
 
 def _lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):
