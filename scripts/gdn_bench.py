@@ -1,6 +1,7 @@
 """gdn-bench: tokens/s at batch 1 against the memory limit and against transformers, in one run, on one GPU.
 
     python scripts/gdn_bench.py [--models tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l] [--out DIR] [--no-peer]
+    python scripts/gdn_bench.py --merge A/bench.json B/bench.json --out DIR   (no GPU needed)
 
 For each model (random weights made on the fly in Hugging Face layout by transformers, except `tiny`, the
 bundled default model): export time and artifact size, load time, time to first token, prefill tokens/s at
@@ -10,7 +11,8 @@ only the routed and shared experts -, the recurrent and conv state, the KV cache
 device-to-device copy bandwidth measured in the same run. The peer is transformers' `generate` (eager,
 bf16; flash-linear-attention's kernels when fla is installed) on the same checkpoint.
 Writes DIR/bench.json, DIR/bench.png (when matplotlib is there) and prints a table. Timings: CUDA events,
-medians. Artifacts and checkpoints are kept in DIR and reused by later runs.
+medians. Artifacts and checkpoints are kept in DIR and reused by later runs; `--merge` combines the
+bench.json of runs made separately (one model per device command) into one table, JSON and chart.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ class Result:
     decode_tok_s_eager: float = 0.0
     decode_bytes: int = 0
     limit_tok_s: float = 0.0
+    loaded_gpu_bytes: int = 0
     peak_gpu_bytes: int = 0
+    decode_profile: list = field(default_factory=list)
     peer: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -152,6 +156,28 @@ def time_decode(runner: Runner, prompt: list[int], graph: bool) -> float:
     return statistics.median(run() for _ in range(3))
 
 
+def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int = 12) -> list:
+    """Where eager decode steps spend GPU time: the top kernels by total CUDA time, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    loop = DecodeLoop(runner.methods, Sampler(GREEDY, runner.vocab_size, runner.device), cuda_graph=False)
+    loop.start(loop.sampler(prefill(runner.methods, prompt, 0, runner.prefill_chunk)), len(prompt))
+    loop.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            loop.step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time_total for e in events)
+    events.sort(key=lambda e: -e.device_time_total)
+    rows = [{"kernel": e.key[:90], "us_per_step": e.device_time_total / steps, "calls_per_step": e.count / steps}
+            for e in events[:top]]
+    rows.append({"kernel": "all kernels", "us_per_step": total / steps,
+                 "calls_per_step": sum(e.count for e in events) / steps})
+    return rows
+
+
 def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result) -> None:
     out = folder / f"{name}-{dtype}.pte"
     if not out.exists():
@@ -164,9 +190,14 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     r.artifact_bytes = sum(p.stat().st_size for p in (out, out.with_suffix(".ptd")) if p.exists())
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    free0 = torch.cuda.mem_get_info()[0]
     t0 = time.perf_counter()
     runner = Runner.load(out)
     r.load_s = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    # the containers allocate weights and state outside torch's allocator: count device-wide
+    r.loaded_gpu_bytes = free0 - torch.cuda.mem_get_info()[0]
+    reserved0 = torch.cuda.memory_reserved()
     vocab = runner.vocab_size
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, vocab, (max(PROMPTS),), generator=g).tolist()
@@ -177,10 +208,10 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     r.ttft_ms = statistics.median(
         runner.generate(ids[:128], max_new_tokens=1, sampling=GREEDY).timings.prefill_s * 1e3
         for _ in range(3))
-    # eager first: once the decode container's run is captured into a graph, eager runs of it fail
     r.decode_tok_s_eager = time_decode(runner, ids[:128], graph=False)
     r.decode_tok_s_graph = time_decode(runner, ids[:128], graph=True)
-    r.peak_gpu_bytes = torch.cuda.max_memory_allocated()
+    r.peak_gpu_bytes = r.loaded_gpu_bytes - reserved0 + torch.cuda.max_memory_reserved()
+    r.decode_profile = profile_decode(runner, ids[:128])
     r.decode_bytes = decode_bytes(runner.meta.config, runner.meta.dtype, 128 + NEW_TOKENS // 2, state_bytes(runner))
     runner.close()
 
@@ -190,8 +221,10 @@ def bench_peer(ckpt: Path, r: Result, vocab: int) -> None:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cuda").eval()
-    gdn = next(m for m in model.modules() if hasattr(m, "chunk_gated_delta_rule"))
-    fla = "fla" in getattr(gdn.chunk_gated_delta_rule, "__module__", "")
+    # transformers takes fla's kernels when it can import fla (the attribute or the module-level hook,
+    # depending on the version); the reference PyTorch path otherwise
+    gdn = next((m for m in model.modules() if hasattr(m, "chunk_gated_delta_rule")), None)
+    fla = ("fla" in gdn.chunk_gated_delta_rule.__module__) if gdn is not None else "fla.ops" in sys.modules
     ids = torch.randint(3, vocab, (1, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
 
@@ -229,11 +262,11 @@ def table(results: list[Result], bw: float) -> str:
         rows.append(f"{r.model:20} {r.export_s or float('nan'):8.1f} {r.artifact_bytes / 1e6:8.1f} {r.load_s:6.2f} "
                     f"{r.ttft_ms:8.2f} {pre} {r.decode_tok_s_graph:9.1f} {r.decode_tok_s_eager:9.1f} "
                     f"{r.limit_tok_s:7.0f} {100 * r.decode_tok_s_graph / r.limit_tok_s:5.1f}% {peer:7.1f} "
-                    f"{r.decode_tok_s_graph / peer:6.1f} {r.peak_gpu_bytes / 1e9:7.2f}")
+                    f"{r.decode_tok_s_graph / peer:6.1f} {r.peak_gpu_bytes / 1e9 if r.peak_gpu_bytes else float('nan'):7.2f}")
     return "\n".join(rows)
 
 
-def chart(results: list[Result], path: Path) -> bool:
+def chart(results: list[Result], path: Path, device: str) -> bool:
     try:
         import matplotlib
 
@@ -252,11 +285,43 @@ def chart(results: list[Result], path: Path) -> bool:
     ax.set_xticks(list(x), names)
     ax.set_yscale("log")
     ax.set_ylabel("decode tokens/s, batch 1")
-    ax.set_title(f"decode on {torch.cuda.get_device_name()}")
+    ax.set_title(f"decode on {device}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
+
+
+def load_results(paths: list[Path]) -> tuple[dict, float, list[Result]]:
+    """Results of earlier runs on one device; the copy bandwidth is each run's own (limit_tok_s keeps it)."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    devices = {r["environment"]["device"] for r in reports}
+    if len(devices) != 1:
+        raise ValueError(f"results from different devices: {sorted(devices)}")
+    known = set(Result.__dataclass_fields__)
+    results = []
+    for rep in reports:
+        for row in rep["results"]:
+            r = Result(**{k: v for k, v in row.items() if k in known})
+            r.prefill_tok_s = {int(k): v for k, v in r.prefill_tok_s.items()}
+            if "loaded_gpu_bytes" not in row:  # runs before the device-wide count measured torch's allocator only
+                r.peak_gpu_bytes = 0
+                r.notes.append("GPU memory not measured")
+            results.append(r)
+    return reports[0]["environment"], statistics.median(r["copy_bandwidth_Bps"] for r in reports), results
+
+
+def write_report(results: list[Result], env: dict, bw: float, out: Path) -> None:
+    report = {"environment": env, "copy_bandwidth_Bps": bw, "results": [asdict(r) for r in results]}
+    (out / "bench.json").write_text(json.dumps(report, indent=1))
+    print(table(results, bw))
+    for r in results:
+        if r.decode_profile:
+            print(f"{r.model}: eager decode, GPU time per step by kernel")
+            print("\n".join(f"  {p['us_per_step']:9.1f} us  {p['calls_per_step']:6.1f} calls  {p['kernel']}"
+                            for p in r.decode_profile))
+    if chart(results, out / "bench.png", env["device"]):
+        print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,7 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench"))
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="our artifact's dtype (the peer runs bf16)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="combine earlier runs' bench.json files")
     args = ap.parse_args(argv)
+    if args.merge:
+        missing = [p for p in args.merge if not p.is_file()]
+        if missing:
+            print(f"gdn-bench: error: no such file {missing[0]}", file=sys.stderr)
+            return 2
+        try:
+            env, bw, results = load_results(args.merge)
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"gdn-bench: error: cannot merge: {e}", file=sys.stderr)
+            return 2
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_report(results, env, bw, args.out)
+        return 0
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -291,11 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.peer = {"error": f"{type(e).__name__}: {e}"[:300]}
         results.append(r)
         print(table([r], bw), flush=True)
-    report = {"environment": environment(), "copy_bandwidth_Bps": bw, "results": [asdict(r) for r in results]}
-    (args.out / "bench.json").write_text(json.dumps(report, indent=1))
-    print(table(results, bw))
-    if chart(results, args.out / "bench.png"):
-        print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    write_report(results, environment(), bw, args.out)
     return 0
 
 

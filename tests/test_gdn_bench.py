@@ -1,0 +1,40 @@
+"""gdn-bench's merge of separate device runs (no GPU): one table, JSON and chart from the stored H100
+results; bad input is one line, exit 2."""
+
+import json
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import gdn_bench  # noqa: E402
+
+RUNS = [SCRIPTS / "results" / "h100-tiny.json", SCRIPTS / "results" / "h100-qwen3.5-2b.json"]
+
+
+def test_merge_keeps_every_run_and_its_own_limit(tmp_path, capsys):
+    assert gdn_bench.main(["--merge", *map(str, RUNS), "--out", str(tmp_path)]) == 0
+    merged = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["model"]: r for r in merged["results"]}
+    for run in RUNS:
+        for row in json.loads(run.read_text())["results"]:
+            assert rows[row["model"]]["decode_tok_s_graph"] == row["decode_tok_s_graph"]
+            assert rows[row["model"]]["limit_tok_s"] == row["limit_tok_s"]
+    out = capsys.readouterr().out
+    assert "tiny" in out and "qwen3.5-2b" in out
+    # the 2B run predates the device-wide memory count: said, not shown as a number
+    assert "GPU memory not measured" in rows["qwen3.5-2b"]["notes"]
+
+
+def test_merge_of_a_missing_file_is_one_line_exit_2(tmp_path, capsys):
+    assert gdn_bench.main(["--merge", str(tmp_path / "nope.json"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gdn-bench: error: no such file")
+
+
+def test_merge_refuses_runs_from_different_devices(tmp_path, capsys):
+    other = json.loads(RUNS[0].read_text())
+    other["environment"]["device"] = "NVIDIA H200"
+    (tmp_path / "h200.json").write_text(json.dumps(other))
+    assert gdn_bench.main(["--merge", str(RUNS[1]), str(tmp_path / "h200.json"), "--out", str(tmp_path)]) == 2
+    assert "different devices" in capsys.readouterr().err
