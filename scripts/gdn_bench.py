@@ -178,15 +178,25 @@ def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int 
     return rows
 
 
-def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result) -> None:
+def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str) -> tuple[Path, float, bool]:
+    """-> (artifact, export seconds, reused). An artifact already in `folder` is reused, with the export
+    time measured when it was made (kept beside it)."""
     out = folder / f"{name}-{dtype}.pte"
-    if not out.exists():
-        t0 = time.perf_counter()
-        run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len,
-                                 autotune=False), Progress())
-        r.export_s = time.perf_counter() - t0
-    else:
-        r.notes.append("export reused from an earlier run")
+    timing = out.with_suffix(".export_s")
+    if out.exists() and timing.exists():
+        return out, float(timing.read_text()), True
+    t0 = time.perf_counter()
+    run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len,
+                             autotune=False), Progress())
+    seconds = time.perf_counter() - t0
+    timing.write_text(f"{seconds:.1f}\n")
+    return out, seconds, False
+
+
+def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result) -> None:
+    out, r.export_s, reused = export_artifact(name, ckpt, folder, max_seq_len, dtype)
+    if reused:
+        r.notes.append("artifact from an earlier run in the same folder (export time measured then)")
     r.artifact_bytes = sum(p.stat().st_size for p in (out, out.with_suffix(".ptd")) if p.exists())
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -216,7 +226,7 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     runner.close()
 
 
-def bench_peer(ckpt: Path, r: Result, vocab: int) -> None:
+def bench_peer(ckpt: Path, r: Result, vocab: int, new_tokens: int = NEW_TOKENS) -> None:
     """transformers generate, eager bf16, same weights."""
     import transformers
 
@@ -234,9 +244,10 @@ def bench_peer(ckpt: Path, r: Result, vocab: int) -> None:
 
     gen(4)
     t1 = cuda_ms(lambda: gen(1), 3)
-    tn = cuda_ms(lambda: gen(NEW_TOKENS), 2)
+    tn = cuda_ms(lambda: gen(new_tokens), 2)
     r.peer = {"name": f"transformers {transformers.__version__} eager bf16" + (" + fla" if fla else " (no fla)"),
-              "ttft_ms": t1, "decode_tok_s": (NEW_TOKENS - 1) / ((tn - t1) / 1e3)}
+              "ttft_ms": t1, "decode_tok_s": (new_tokens - 1) / ((tn - t1) / 1e3),
+              "new_tokens": new_tokens}
 
 
 def environment() -> dict:
@@ -330,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench"))
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="our artifact's dtype (the peer runs bf16)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--peer-tokens", type=int, default=NEW_TOKENS,
+                    help="new tokens per timed transformers generate (fewer keeps slow peers within a device command)")
+    ap.add_argument("--export-only", action="store_true",
+                    help="make the checkpoints and artifacts in --out and stop (a later run reuses them)")
     ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="combine earlier runs' bench.json files")
     args = ap.parse_args(argv)
     if args.merge:
@@ -360,17 +375,23 @@ def main(argv: list[str] | None = None) -> int:
         r = Result(name)
         ckpt = make_checkpoint(name, args.out)
         max_seq = 512 if name == "tiny" else max(PROMPTS) + NEW_TOKENS + 64
+        if args.export_only:
+            path, seconds, reused = export_artifact(name, ckpt, args.out, max_seq, args.dtype)
+            print(f"{name}: {path} ({'reused' if reused else f'exported in {seconds:.1f} s'})", flush=True)
+            continue
         bench_ours(name, ckpt, args.out, max_seq, args.dtype, r)
         r.notes.append(f"gdn {args.dtype}")
         r.limit_tok_s = bw / r.decode_bytes
         if not args.no_peer:
             try:
-                bench_peer(ckpt, r, json.loads((ckpt / "config.json").read_text()).get("vocab_size", 512))
+                vocab = json.loads((ckpt / "config.json").read_text()).get("vocab_size", 512)
+                bench_peer(ckpt, r, vocab, args.peer_tokens)
             except Exception as e:  # the peer is best effort: say why it did not run
                 r.peer = {"error": f"{type(e).__name__}: {e}"[:300]}
         results.append(r)
         print(table([r], bw), flush=True)
-    write_report(results, environment(), bw, args.out)
+    if results:
+        write_report(results, environment(), bw, args.out)
     return 0
 
 
