@@ -1,9 +1,12 @@
-"""gdn-bench's merge of separate device runs (no GPU): one table, JSON and chart from the stored H100
+"""gdn-bench without a GPU: the memory-limit byte count against the model's parameters; the merge of separate
+device runs into one table, JSON and chart from the stored H100
 results; bad input is one line, exit 2."""
 
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -38,3 +41,27 @@ def test_merge_refuses_runs_from_different_devices(tmp_path, capsys):
     (tmp_path / "h200.json").write_text(json.dumps(other))
     assert gdn_bench.main(["--merge", str(RUNS[1]), str(tmp_path / "h200.json"), "--out", str(tmp_path)]) == 2
     assert "different devices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["qwen3_5_tied", "qwen3_next_mlp_only", "qwen3_5_moe"])
+def test_decode_bytes_counts_what_a_token_reads_from_the_model(case):
+    """The memory limit's bytes, against the model's own parameters: every matrix, the lm_head in full,
+    one embedding row, k of E routed experts (norm weights, A_log and dt_bias are left out, as there)."""
+    import transformers
+
+    from gdn.export.config import parse_config
+    from gdn.export.model import GDNForCausalLM
+    from hf_tiny import CASES
+
+    _, cfg_name, kwargs, _ = CASES[case]
+    cfg = parse_config(getattr(transformers, cfg_name)(**kwargs).to_dict())
+    model = GDNForCausalLM(cfg, max_seq_len=8)
+    routed = cfg.num_experts_per_tok / max(cfg.num_experts, 1)
+    want = (cfg.vocab_size + 1) * cfg.hidden_size
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if name in ("embed_tokens.weight", "lm_head.weight") or name.endswith("norm.weight") or leaf in ("A_log", "dt_bias"):
+            continue
+        want += p.numel() * (routed if leaf in ("gate_up", "down") else 1)
+    got = gdn_bench.decode_bytes(json.loads(json.dumps(cfg.to_dict())), "float32", pos=0, state=0)
+    assert got == 4 * want
