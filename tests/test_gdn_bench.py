@@ -1,6 +1,5 @@
-"""gdn-bench without a GPU: the memory-limit byte count against the model's parameters; the merge of separate
-device runs into one table, JSON and chart from the stored H100
-results; bad input is one line, exit 2."""
+"""gdn-bench without a GPU: the memory-limit byte count against the model's parameters, and the merge of
+separate device runs (the stored H100 results) into one table, JSON and chart; bad input is one line, exit 2."""
 
 import json
 import sys
