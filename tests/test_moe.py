@@ -107,24 +107,42 @@ def test_moe_shared_interpreted(T, poisoned):
     assert (got.double() - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
-def test_group_by_expert_layout():
-    """Each expert's pairs are contiguous in ascending order, padded to the block, blocks map to experts."""
-    T, E, k, bm = 9, 6, 2, 4
-    ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).int()  # [T, k]
-    ids[:, 0] = 5  # expert 5 gets every token
+GROUP_CASES = [(1, 8, 2, 16), (9, 6, 2, 4), (65, 64, 8, 16), (63, 512, 10, 128), (333, 16, 4, 128)]
+
+
+def _check_grouping(ids: torch.Tensor, E: int, bm: int) -> None:
+    """The kernels' layout equals the reference's: the same block owners, and each block holds the same
+    pairs (their order within an expert may differ: atomics), every pair once, in its expert's blocks."""
     pairs, block_expert = group_by_expert(ids, E, bm)
-    flat = ids.reshape(-1)
-    seen = []
-    for b, e in enumerate(block_expert.tolist()):
-        chunk = pairs[b * bm : (b + 1) * bm]
-        real = chunk[chunk < T * k]
-        if e == E:
-            assert real.numel() == 0
-            continue
-        assert (flat[real.long()] == e).all()
-        seen += real.tolist()
-    assert sorted(seen) == list(range(T * k))
-    assert block_expert.shape[0] == (T * k + bm - 1) // bm + E
+    want_pairs, want_blocks = reference.group_by_expert(ids, E, bm)
+    assert torch.equal(block_expert.cpu(), want_blocks.cpu())
+    got = pairs.cpu().view(-1, bm).sort(dim=1).values
+    want = want_pairs.cpu().view(-1, bm).sort(dim=1).values
+    assert torch.equal(got, want)
+    flat = ids.reshape(-1).cpu()
+    real = pairs.cpu()[pairs.cpu() < flat.numel()]
+    assert sorted(real.tolist()) == list(range(flat.numel()))
+
+
+def _routes(T: int, E: int, k: int, device: str) -> torch.Tensor:
+    """[T, k] distinct experts per token; expert 0 takes every token and the upper half of the experts
+    none (a hot expert and cold ones)."""
+    ids = torch.stack([torch.randperm(max(E // 2, k), device=device)[:k] for _ in range(T)]).int()
+    ids[:, 0] = 0
+    ids[:, 1:][ids[:, 1:] == 0] = E - 1 if k > 1 else 0
+    return ids
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("T,E,k,bm", GROUP_CASES, ids=[f"T{t}-E{e}-k{k}-bm{b}" for t, e, k, b in GROUP_CASES])
+def test_group_by_expert_kernels_match_the_reference_interpreted(T, E, k, bm):
+    _check_grouping(_routes(T, E, k, "cpu"), E, bm)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("T,E,k", [(1, 256, 8), (4096, 256, 8), (8192, 512, 10)], ids=["T1-E256-k8", "T4096-E256-k8", "T8192-E512-k10"])
+def test_group_by_expert_kernels_match_the_reference_cuda(T, E, k):
+    _check_grouping(_routes(T, E, k, "cuda"), E, 128)
 
 
 def test_cpu_op_is_the_reference():

@@ -1,5 +1,6 @@
-"""T-token MoE: route on the device, group (token, slot) pairs by expert into BLOCK_M-padded segments,
-run a tensor-core grouped GEMM per segment, scatter back with the routing weights, sum over the slots.
+"""T-token MoE: route on the device, group (token, slot) pairs by expert into BLOCK_M-padded segments
+(a counting sort in three small kernels), run a tensor-core grouped GEMM per segment, scatter back with
+the routing weights, sum over the slots.
 
 Every shape is a function of T alone: the number of blocks is bounded by cdiv(T * k, BLOCK_M) + E and
 blocks past the used ones exit at once, so there is no host sync and nothing data-dependent escapes.
@@ -31,6 +32,7 @@ class PrefillConfig:
 
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+GROUP_BLOCK = 256  # pairs per program of the grouping kernels
 
 
 @triton.jit
@@ -135,24 +137,64 @@ def grouped_down_kernel(
              mask=valid[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def count_kernel(ids_ptr, counts_ptr, rank_ptr, num_pairs, BLOCK: tl.constexpr):
+    """counts[e] += 1 for each pair routed to e; rank[pair] = its arrival index within its expert."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < num_pairs
+    e = tl.load(ids_ptr + offs, mask=ok, other=0)
+    rank = tl.atomic_add(counts_ptr + e, tl.full([BLOCK], 1, tl.int32), mask=ok)
+    tl.store(rank_ptr + offs, rank, mask=ok)
+
+
+@triton.jit
+def segments_kernel(
+    counts_ptr, pad_start_ptr, block_expert_ptr, n_blocks,
+    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """One program: each expert's segment start (counts padded to BLOCK_M, exclusive prefix sum) and the
+    owner of every block: the number of segment ends at or before its first row (E past the last)."""
+    e = tl.arange(0, E_P2)
+    real = e < E
+    count = tl.load(counts_ptr + e, mask=real, other=0)
+    padded = (count + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    end = tl.cumsum(padded, 0)
+    tl.store(pad_start_ptr + e, end - padded, mask=real)
+    end = tl.where(real, end, 2147483647)
+    for b0 in range(0, n_blocks, BLOCK_B):
+        b = b0 + tl.arange(0, BLOCK_B)
+        owner = tl.sum((end[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), axis=1)  # [BLOCK_B]
+        tl.store(block_expert_ptr + b, owner, mask=b < n_blocks)
+
+
+@triton.jit
+def place_kernel(ids_ptr, rank_ptr, pad_start_ptr, pairs_ptr, num_pairs, BLOCK: tl.constexpr):
+    """pairs[segment start of the pair's expert + its rank] = pair."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < num_pairs
+    e = tl.load(ids_ptr + offs, mask=ok, other=0)
+    rank = tl.load(rank_ptr + offs, mask=ok, other=0)
+    start = tl.load(pad_start_ptr + e, mask=ok, other=0)
+    tl.store(pairs_ptr + start + rank, offs, mask=ok)
+
+
 def group_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [T, k] -> pairs [n_blocks * block_m] int32 (flat pair index t * k + slot, sorted by expert, each
-    expert's run padded to block_m with the sentinel T * k), block_expert [n_blocks] int32 (E past the end)."""
+    """ids [T, k] int32 -> the layout of `reference.group_by_expert`, in three small kernels (a counting
+    sort: atomic counts, segment starts and block owners, placement). The order of an expert's pairs
+    within its segment is the atomics' arrival order; each row's result does not depend on it."""
     num_pairs = ids.numel()
     n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
-    flat = ids.reshape(-1).long()  # [T*k]
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_m - 1) // block_m * block_m
-    pad_end = torch.cumsum(padded, 0)
-    start = torch.cumsum(counts, 0) - counts
-    expert, order = torch.sort(flat, stable=True)
-    rank = torch.arange(num_pairs, device=ids.device) - start[expert]
-    pos = pad_end[expert] - padded[expert] + rank
+    flat = ids.reshape(-1).to(torch.int32)  # [T*k]
+    counts = torch.zeros(num_experts, dtype=torch.int32, device=ids.device)
+    rank = torch.empty(num_pairs, dtype=torch.int32, device=ids.device)
+    pad_start = torch.empty(num_experts, dtype=torch.int32, device=ids.device)
+    block_expert = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
     pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
-    pairs.scatter_(0, pos, order.to(torch.int32))
-    block_start = torch.arange(n_blocks, device=ids.device) * block_m
-    block_expert = torch.searchsorted(pad_end, block_start, right=True).to(torch.int32)
+    grid = ((num_pairs + GROUP_BLOCK - 1) // GROUP_BLOCK,)
+    launch(count_kernel)[grid](flat, counts, rank, num_pairs, BLOCK=GROUP_BLOCK)
+    launch(segments_kernel)[(1,)](counts, pad_start, block_expert, n_blocks,
+                                  E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m, BLOCK_B=16)
+    launch(place_kernel)[grid](flat, rank, pad_start, pairs, num_pairs, BLOCK=GROUP_BLOCK)
     return pairs, block_expert
 
 

@@ -99,3 +99,27 @@ def moe_shared_float64(x, router_shared, gate_up, down, shared_down, top_k, reno
     rs = router_shared.double()
     routed = moe_float64(x, rs[:, :E], gate_up, down, top_k, renormalize)
     return routed + shared_expert(rs[:, E : E + 2 * S], rs[:, E + 2 * S :], shared_down.double())
+
+
+def group_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefill kernels' layout. ids [T, k] -> pairs [n_blocks * block_m] int32 (flat pair index
+    t * k + slot, grouped by expert in expert order, each expert's run padded to a multiple of block_m with
+    the sentinel T * k), block_expert [n_blocks] int32 (the expert of each block; E past the used ones);
+    n_blocks = cdiv(T * k, block_m) + E bounds the padding. Here pairs keep ascending order within an
+    expert (a stable sort)."""
+    num_pairs = ids.numel()
+    n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
+    flat = ids.reshape(-1).long()  # [T*k]
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    pad_end = torch.cumsum(padded, 0)
+    start = torch.cumsum(counts, 0) - counts
+    expert, order = torch.sort(flat, stable=True)
+    rank = torch.arange(num_pairs, device=ids.device) - start[expert]
+    pos = pad_end[expert] - padded[expert] + rank
+    pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
+    pairs.scatter_(0, pos, order.to(torch.int32))
+    block_start = torch.arange(n_blocks, device=ids.device) * block_m
+    block_expert = torch.searchsorted(pad_end, block_start, right=True).to(torch.int32)
+    return pairs, block_expert
