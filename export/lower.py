@@ -67,21 +67,20 @@ def _backend_settings(autotune: bool, decompose: bool) -> Iterator[None]:
             setattr(CudaBackend, k, v)
 
 
-def _has_target(programs: dict[str, ExportedProgram], match) -> bool:
-    return any(n.op == "call_function" and match(n.target) for ep in programs.values() for n in ep.graph.nodes)
+def _has_call(programs: dict[str, ExportedProgram], match) -> bool:
+    return any(n.op == "call_function" and match(n) for ep in programs.values() for n in ep.graph.nodes)
 
 
-def _has_our_ops(programs: dict[str, ExportedProgram]) -> bool:
-    """A `gdn::` op node, or one wrapped by functionalisation (auto_functionalized(op, ...))."""
+def _is_our_op(node) -> bool:
+    """A `gdn::` op, or one wrapped by functionalisation (auto_functionalized(op, ...))."""
     def ours(t) -> bool:
         return getattr(t, "namespace", None) == "gdn"
 
-    return any(n.op == "call_function" and (ours(n.target) or (n.args and ours(n.args[0])))
-               for ep in programs.values() for n in ep.graph.nodes)
+    return ours(node.target) or bool(node.args and ours(node.args[0]))
 
 
-def _is_convolution(target) -> bool:
-    return "aten.conv" in str(target)
+def _is_convolution(node) -> bool:
+    return "aten.conv" in str(node.target)
 
 
 def split_to_slices(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
@@ -128,7 +127,7 @@ def _triton_op_decomposition() -> Iterator[None]:
 
 def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
     """A re-trace of each method (about 35 s on a 24-layer model): only where our ops appear."""
-    if not _has_our_ops(programs):
+    if not _has_call(programs, _is_our_op):
         return programs
     with _triton_op_decomposition():
         return {name: ep.run_decompositions({}) for name, ep in programs.items()}
@@ -137,7 +136,7 @@ def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, Exporte
 def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: bool = True):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
     programs = split_to_slices(inline_triton_ops(programs))
-    with _backend_settings(autotune, decompose=_has_target(programs, _is_convolution)):
+    with _backend_settings(autotune, decompose=_has_call(programs, _is_convolution)):
         return _lower_cuda(programs, named_data)
 
 

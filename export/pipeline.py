@@ -101,7 +101,8 @@ def choose_kernels(backend: str, requested: str) -> str:
         return "reference"
     # auto -> reference on CUDA too. Measured on the H100 (kernels/gated_delta_rule/NOTES.md): inlined by
     # lower.inline_triton_ops the ops no longer count as missing kernels, but one dense artifact gave wrong
-    # logits and the MoE prefill failed to lower (aten.scatter); --kernels ops opts in while that is open
+    # logits and the MoE prefill failed to lower (its aten.scatter, since replaced by Triton grouping kernels,
+    # not yet re-run on the GPU); --kernels ops opts in while that is open
     return "reference" if requested == "auto" else requested
 
 

@@ -61,7 +61,6 @@ MODELS = {
 @dataclass
 class Result:
     model: str
-    params: int = 0
     export_s: float | None = None
     artifact_bytes: int = 0
     load_s: float = 0.0
@@ -136,14 +135,18 @@ def state_bytes(runner: Runner) -> int:
     return sum(math.prod(s["shape"]) * sizes[s["dtype"]] for s in runner.meta.state if not s["name"].endswith("_cache"))
 
 
+def start_greedy(runner: Runner, loop: DecodeLoop, prompt: list[int]) -> None:
+    """Prefill `prompt` from position 0 and start `loop` on its first greedy token."""
+    loop.start(loop.sampler(prefill(runner.methods, prompt, 0, runner.prefill_chunk)), len(prompt))
+    torch.cuda.synchronize()
+
+
 def time_decode(runner: Runner, prompt: list[int], graph: bool) -> float:
     """Tokens/s over NEW_TOKENS greedy steps after a prefill (each step reads its token back, as gdn-run does)."""
     loop = DecodeLoop(runner.methods, Sampler(GREEDY, runner.vocab_size, runner.device), cuda_graph=graph)
 
     def run():
-        logits = prefill(runner.methods, prompt, 0, runner.prefill_chunk)
-        loop.start(loop.sampler(logits), len(prompt))
-        torch.cuda.synchronize()
+        start_greedy(runner, loop, prompt)
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(NEW_TOKENS - 1):
@@ -161,7 +164,7 @@ def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int 
     from torch.profiler import ProfilerActivity, profile
 
     loop = DecodeLoop(runner.methods, Sampler(GREEDY, runner.vocab_size, runner.device), cuda_graph=False)
-    loop.start(loop.sampler(prefill(runner.methods, prompt, 0, runner.prefill_chunk)), len(prompt))
+    start_greedy(runner, loop, prompt)
     loop.step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
