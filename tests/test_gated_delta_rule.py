@@ -30,11 +30,13 @@ class Case:
     V: int
     dtype: torch.dtype
     init: str  # "zero" | "rand": the incoming state
+    keys: str = "random"  # "random" | "aligned": keys near one direction, weak decay (as in trained models)
 
     @property
     def id(self) -> str:
         dt = {torch.float32: "fp32", torch.bfloat16: "bf16"}[self.dtype]
-        return f"T{self.T}-Hk{self.Hk}-Hv{self.Hv}-K{self.K}-V{self.V}-{dt}-{self.init}"
+        aligned = "-aligned" if self.keys == "aligned" else ""
+        return f"T{self.T}-Hk{self.Hk}-Hv{self.Hv}-K{self.K}-V{self.V}-{dt}-{self.init}{aligned}"
 
 
 def params(cases: list[Case], marks=()) -> list:
@@ -45,10 +47,11 @@ CPU_CHUNK = (
     [Case(T, 2, 4, 16, 16, torch.float32, "rand") for T in LENGTHS]
     + [Case(T, 2, 2, 16, 32, torch.bfloat16, "zero") for T in (1, 65, 127)]
     + [Case(65, 2, 4, 8, 12, torch.float32, "rand"), Case(64, 2, 2, 32, 16, torch.float32, "zero")]
+    + [Case(T, 2, 4, 48, 48, torch.float32, "zero", "aligned") for T in (64, 100)]
 )
 GPU_CHUNK = [Case(T, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16) for T in LENGTHS + (8192,)] + [
     Case(T, 16, 16, 128, 128, dt, "zero") for dt in (torch.float32, torch.bfloat16) for T in (65, 1000)
-]
+] + [Case(T, 16, 32, 128, 128, dt, "rand", "aligned") for dt in (torch.float32, torch.bfloat16) for T in (64, 1000)]
 CPU_DECODE = [Case(1, 2, 4, 16, 16, torch.float32, "rand"), Case(1, 2, 2, 8, 12, torch.bfloat16, "rand")]
 GPU_DECODE = [Case(1, 16, hv, 128, 128, dt, "rand") for hv in (16, 32) for dt in (torch.float32, torch.bfloat16)]
 
@@ -63,17 +66,28 @@ def gates64(a, b, A_log, dt_bias):
     return -A_log.double().exp() * F.softplus(a.double() + dt_bias.double()), b.double().sigmoid()
 
 
+def keys(c: Case, T: int, device: str) -> torch.Tensor:
+    """Random keys, or keys of a trained model's kind: one shared direction plus noise (cosine ~0.9
+    between tokens), where the WY matrix of a chunk is badly conditioned."""
+    k = torch.randn(1, T, c.Hk, c.K, device=device)
+    if c.keys == "aligned":
+        k = torch.randn(1, 1, c.Hk, c.K, device=device) + 0.3 * k
+    return k.to(c.dtype)
+
+
 def make(c: Case, device: str, T: int | None = None) -> dict:
     """Fresh random inputs; g and beta come from raw projections as in the model."""
     T = c.T if T is None else T
     d = dict(device=device)
+    aligned = c.keys == "aligned"
     x = {
         "q": torch.randn(1, T, c.Hk, c.K, **d).to(c.dtype),
-        "k": torch.randn(1, T, c.Hk, c.K, **d).to(c.dtype),
+        "k": keys(c, T, device),
         "v": torch.randn(1, T, c.Hv, c.V, **d).to(c.dtype),
         "a": torch.randn(1, T, c.Hv, **d),
-        "b": torch.randn(1, T, c.Hv, **d),
-        "A_log": torch.empty(c.Hv, **d).uniform_(0.5, 8).log(),
+        "b": torch.randn(1, T, c.Hv, **d) + (2.0 if aligned else 0.0),
+        # slow decay where aligned (A = exp(A_log) in [0.01, 0.1]), so a chunk's tokens keep interacting
+        "A_log": torch.empty(c.Hv, **d).uniform_(*((0.01, 0.1) if aligned else (0.5, 8))).log(),
         "dt_bias": torch.randn(c.Hv, **d) * 0.5,
         "state": torch.randn(1, c.Hv, c.K, c.V, **d) * 0.5 if c.init == "rand" else torch.zeros(1, c.Hv, c.K, c.V, **d),
     }
