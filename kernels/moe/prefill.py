@@ -211,7 +211,9 @@ def moe_prefill(
     E, I2, H = gate_up.shape
     I = I2 // 2
     T = x.shape[0]
-    x = x.contiguous()
+    # dense: the strides become constants of the compiled kernel calls, and ExecuTorch's edge dialect
+    # turns views (the router columns of a fused projection) into dense copies before AOTInductor runs
+    x, router_logits = x.contiguous(), router_logits.contiguous()
     ids = torch.empty((T, top_k), device=x.device, dtype=torch.int32)
     weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
     launch(route_kernel)[(T,)](
