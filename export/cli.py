@@ -34,9 +34,9 @@ def _quiet_libraries() -> None:
 @click.option("--max-prefill-chunk", type=int, default=None,
               help="Largest prefill length per call (CPU and reference kernels: at most 64).")
 @click.option("--kernels", type=click.Choice(["auto", "ops", "reference"]), default="auto", show_default=True,
-              help="GDN kernels for CUDA: reference (plain ATen, prefill chunk <= 64) or ops (our Triton ops).")
-@click.option("--autotune/--no-autotune", default=True, show_default=True,
-              help="CUDA: let AOTInductor autotune the GEMMs (faster kernels, much longer export).")
+              help="CUDA kernels: ops (our Triton ops; what auto picks) or reference (plain ATen, prefill chunk <= 64).")
+@click.option("--autotune", type=click.Choice(["decode", "all", "none"]), default="decode", show_default=True,
+              help="CUDA: the methods whose GEMMs AOTInductor autotunes (faster kernels, longer export).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--verbose", "-v", is_flag=True, help="Show library logs and details.")
 def main(output, checkpoint, backend, dtype, state_dtype, max_seq_len, max_prefill_chunk, kernels, autotune, quiet, verbose):

@@ -46,18 +46,25 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
 
 
 @contextmanager
-def _backend_settings(autotune: bool, decompose: bool) -> Iterator[None]:
-    """autotune: the CUDA backend compiles GEMMs only from Triton templates (no libtorch), picked by
-    autotuning; without it each GEMM takes the first template config (a much faster export, slower GEMMs).
+def _backend_settings(autotune: str, decompose: bool) -> Iterator[None]:
+    """autotune (all | decode | none): the CUDA backend compiles GEMMs only from Triton templates (no
+    libtorch), picked by autotuning; a method not autotuned takes each GEMM's first template config (a
+    much faster export, slower GEMMs). `decode` tunes the one-token method only: its shapes are static,
+    while prefill's dynamic length would be tuned at the example length alone.
     decompose: the backend re-traces each method for its decomposition table (conv1d -> conv2d only), which
     costs about 40 s on a 24-layer model; skipped when no method has a convolution."""
     from executorch.backends.cuda.cuda_backend import CudaBackend
 
     saved = {k: CudaBackend.__dict__[k] for k in ("get_aoti_compile_options", "get_decomposition_table")}
     options = saved["get_aoti_compile_options"].__func__
-    if not autotune:
-        CudaBackend.get_aoti_compile_options = classmethod(
-            lambda cls, specs: {**options(cls, specs), "test_configs.max_mm_configs": 1})
+    tuned = {"all": ("prefill", "decode"), "decode": ("decode",), "none": ()}[autotune]
+
+    def compile_options(cls, specs):
+        if cls.method_name_from_compile_specs(specs) in tuned:
+            return options(cls, specs)
+        return {**options(cls, specs), "test_configs.max_mm_configs": 1}
+
+    CudaBackend.get_aoti_compile_options = classmethod(compile_options)
     if not decompose:
         CudaBackend.get_decomposition_table = classmethod(lambda cls: {})
     try:
@@ -133,7 +140,7 @@ def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, Exporte
         return {name: ep.run_decompositions({}) for name, ep in programs.items()}
 
 
-def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: bool = True):
+def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: str = "decode"):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
     programs = split_to_slices(inline_triton_ops(programs))
     with _backend_settings(autotune, decompose=_has_call(programs, _is_convolution)):

@@ -47,7 +47,7 @@ class ExportOptions:
     max_seq_len: int | None = None  # None: min(DEFAULT_MAX_SEQ_LEN, max_position_embeddings)
     max_prefill_chunk: int | None = None
     kernels: str = "auto"  # auto | ops | reference
-    autotune: bool = True  # CUDA: AOTInductor max_autotune for the GEMMs (slower export, faster kernels)
+    autotune: str = "decode"  # CUDA: methods whose GEMMs AOTInductor autotunes: all | decode | none
 
 
 @dataclass
@@ -99,11 +99,7 @@ def choose_kernels(backend: str, requested: str) -> str:
         if requested == "ops":
             raise ExportError("--kernels ops is for CUDA; the CPU runtime executes the reference kernels")
         return "reference"
-    # auto -> reference on CUDA too. Measured on the H100 (kernels/gated_delta_rule/NOTES.md): inlined by
-    # lower.inline_triton_ops the ops no longer count as missing kernels, but one dense artifact gave wrong
-    # logits and the MoE prefill failed to lower (its aten.scatter, since replaced by Triton grouping kernels,
-    # not yet re-run on the GPU); --kernels ops opts in while that is open
-    return "reference" if requested == "auto" else requested
+    return "ops" if requested == "auto" else requested
 
 
 def _dtype(name: str | None, default: torch.dtype, flag: str) -> torch.dtype:

@@ -2,7 +2,7 @@
 
 Writes the checkpoint (HF layout, bf16 safetensors) into a scratch folder, exports it with gdn-export's
 pipeline, loads both methods and reports the GPU memory that loading took. Usage:
-    python scripts/bench_export.py SCRATCH_DIR [--autotune] [--max-seq-len N]
+    python scripts/bench_export.py SCRATCH_DIR [--autotune decode|all|none] [--max-seq-len N]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def write_checkpoint(folder: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("scratch", type=Path)
-    ap.add_argument("--autotune", action="store_true")
+    ap.add_argument("--autotune", choices=["decode", "all", "none"], default="decode")
     ap.add_argument("--max-seq-len", type=int, default=4096)
     args = ap.parse_args()
     t0 = time.perf_counter()

@@ -190,7 +190,7 @@ def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype
         return out, float(timing.read_text()), True
     t0 = time.perf_counter()
     run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len,
-                             autotune=False), Progress())
+                             ), Progress())
     seconds = time.perf_counter() - t0
     timing.write_text(f"{seconds:.1f}\n")
     return out, seconds, False

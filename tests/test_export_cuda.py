@@ -43,7 +43,7 @@ def exported(hf_checkpoints, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"cuda_{name}_{dtype}") / "model.pte"
             t0 = time.perf_counter()
             res = run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype,
-                                           max_seq_len=MAX_SEQ, autotune=False))
+                                           max_seq_len=MAX_SEQ, autotune="none"))
             print(f"\nexport {name} {dtype}: {time.perf_counter() - t0:.1f}s kernels={res.kernels} sizes={res.sizes}")
             cache[name, dtype] = (ckpt, res)
         return cache[name, dtype]

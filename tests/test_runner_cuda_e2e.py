@@ -25,7 +25,7 @@ def artifact(tmp_path_factory) -> Path:
     from gdn.export.pipeline import ExportOptions, run_export
 
     out = tmp_path_factory.mktemp("cuda_e2e") / "model.pte"
-    return run_export(ExportOptions(output=out, backend="cuda", dtype="fp32", max_seq_len=128, autotune=False)).path
+    return run_export(ExportOptions(output=out, backend="cuda", dtype="fp32", max_seq_len=128, autotune="none")).path
 
 
 def run(capsys, *args):
