@@ -268,3 +268,44 @@ def test_model_ops_match_reference_cuda(name, prompt_len, hf_checkpoints):
             want, got = (m(tok, input_pos)[0] for m in models)
             assert (got - want).abs().max().item() < 1e-4, f"logits differ at position {pos}"
             pos += tok.shape[1]
+
+
+REF_CASES = [Case(T, 2, 4, 16, 16, torch.float32, "rand", keys) for T in (63, 64, 65, 127) for keys in ("random", "aligned")]
+
+
+@pytest.mark.parametrize("c", params(REF_CASES))
+def test_reference_chunk_matches_float64(c):
+    """The reference (the spec, and what CPU artifacts run) against the float64 recurrence."""
+    x = make(c, "cpu")
+    o64, s64 = truth(x)
+    state = x["state"].clone()
+    o = ref.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], state, torch.tensor([False]))
+    check(c, o, state, o64, s64)
+
+
+def test_reference_chunk_on_the_trained_models_keys():
+    """Layer 0 of the bundled trained model, a 100-token prompt: its keys are nearly parallel, the case that
+    broke the squaring inverse. The reference's prefill equals the float64 recurrence (fp32 tolerances)."""
+    import dataclasses
+
+    from gdn.export.checkpoint import load_model
+    from gdn.export.pipeline import DEFAULT_CHECKPOINT
+
+    model = load_model(DEFAULT_CHECKPOINT, 128, torch.float32, torch.float32, "reference", "cpu")
+    gdn = model.layers[0].linear_attn
+    seen = {}
+
+    def capture(q, k, v, g, beta, state, reset):
+        seen.update(q=q.clone(), k=k.clone(), v=v.clone(), g=g.clone(), beta=beta.clone())
+        return ref.chunk_gated_delta_rule(q, k, v, g, beta, state, reset)
+
+    gdn.kernels = dataclasses.replace(gdn.kernels, chunk_gated_delta_rule=capture)
+    T = 100
+    with torch.no_grad():
+        model.prefill(torch.randint(0, model.cfg.vocab_size, (1, T)), torch.arange(T))
+    o64, s64 = ref.naive_recurrence(*(seen[n].double() for n in ("q", "k", "v", "g", "beta")),
+                                    torch.zeros_like(gdn.recurrent_state, dtype=torch.float64))
+    assert rel_rms(gdn.recurrent_state, s64) < TOL[torch.float32]["state"]
+    state = torch.zeros_like(gdn.recurrent_state)
+    o = ref.chunk_gated_delta_rule(seen["q"], seen["k"], seen["v"], seen["g"], seen["beta"], state, torch.tensor([True]))
+    assert rel_rms(o, o64) < TOL[torch.float32]["o"], f"o rel rms {rel_rms(o, o64):.2e}"
