@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..gated_delta_rule.launch import inner_contiguous, launcher
+from ..gated_delta_rule.launch import dense, inner_contiguous, launcher
 
 
 @triton.jit(do_not_specialize=["T"])  # one binary for every length
@@ -60,9 +60,8 @@ def causal_conv1d(
     """Same contract as `reference.causal_conv1d`; `conv_state` must be contiguous."""
     T, C = x.shape[1], x.shape[2]
     W = weight.shape[1]
-    # dense x: its row stride becomes a constant of the compiled kernel call, and ExecuTorch's edge dialect
-    # turns the model's view (a slice of the input projection) into a dense copy before AOTInductor runs
-    x, weight = x.contiguous(), inner_contiguous(weight)
+    (x,) = dense(x)
+    weight = inner_contiguous(weight)
     y = torch.empty((1, T, C), dtype=x.dtype, device=x.device) if out is None else out
     BT = block_t or 32
     assert BT >= W - 1, "time block must cover the state rows"

@@ -53,6 +53,13 @@ def launcher(kernel: Any) -> Any:
     return _Interpreted(kernel)
 
 
+def dense(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Contiguous inputs for kernels that take row strides: the strides become constants of the compiled
+    kernel call, and ExecuTorch's edge dialect turns the model's views (slices of one projection) into dense
+    copies before AOTInductor runs, so only dense inputs have the same strides in both."""
+    return tuple(t.contiguous() for t in tensors)
+
+
 def inner_contiguous(x: torch.Tensor) -> torch.Tensor:
     """Kernels take row strides but assume a unit stride in the last dim (a static property)."""
     return x if x.stride(-1) == 1 else x.contiguous()

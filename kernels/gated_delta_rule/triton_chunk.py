@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_heads, launcher
+from .launch import check_heads, dense, launcher
 
 CHUNK = 64
 
@@ -142,9 +142,7 @@ def chunk_gated_delta_rule(
     check_heads(q, k, v, state)
     T, Hk, K = q.shape[1], q.shape[2], q.shape[3]
     Hv, V = v.shape[2], v.shape[3]
-    # dense copies: the strides below become constants of the compiled kernel call, and ExecuTorch's edge
-    # dialect turns the model's views (q/k/v of one projection) into dense copies before AOTInductor runs
-    q, k, v, g, beta = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous()
+    q, k, v, g, beta = dense(q, k, v, g, beta)
     prec = "ieee" if v.dtype == torch.float32 else "tf32"
     scratch = v.dtype
     w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..gated_delta_rule.launch import dense
 from .launch import launch, next_pow2
 from .route import route_kernel
 
@@ -211,9 +212,7 @@ def moe_prefill(
     E, I2, H = gate_up.shape
     I = I2 // 2
     T = x.shape[0]
-    # dense: the strides become constants of the compiled kernel calls, and ExecuTorch's edge dialect
-    # turns views (the router columns of a fused projection) into dense copies before AOTInductor runs
-    x, router_logits = x.contiguous(), router_logits.contiguous()
+    x, router_logits = dense(x, router_logits)
     ids = torch.empty((T, top_k), device=x.device, dtype=torch.int32)
     weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
     launch(route_kernel)[(T,)](
