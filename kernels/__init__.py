@@ -1,47 +1,25 @@
-"""Our kernels, one folder per op, behind one function boundary that the model calls.
+"""Our kernels, one folder per op (reference, Triton kernel, registration), and the kernel sets the model
+chooses from (`sets.py`).
 
-`REFERENCE` calls the plain-PyTorch specifications directly: they trace into ATen ops, which is what the
-ExecuTorch CPU runtime executes. `OPS` calls the registered `torch.ops.gdn.*` ops, which `torch.export`
-keeps opaque (any prefill length) and AOTInductor compiles with their Triton kernels on CUDA.
+Only the import as `gdn.kernels` defines the `torch.ops.gdn.*` ops. The repository root on `sys.path`
+(`python -m pytest`, `PYTHONPATH=.`) also makes this folder importable as a top-level `kernels`, and
+transformers imports `kernels` while it looks for Hugging Face's package of that name. A second copy of the
+op modules would define every op again: torch then destroys the first definition, and the op handles
+already taken from it dangle (random `vector::reserve`, `bad_alloc` and segfaults while tracing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-from .causal_conv1d import op as _conv_op
-from .causal_conv1d import reference as _conv_ref
-from .gated_delta_rule import op as _gdr_op
-from .gated_delta_rule import reference as _gdr_ref
-from .moe import op as _moe_op
-from .moe import reference as _moe_ref
+PACKAGE = "gdn.kernels"
 
 
-@dataclass(frozen=True)
-class KernelSet:
-    name: str
-    causal_conv1d: Callable
-    chunk_gated_delta_rule: Callable
-    recurrent_gated_delta_rule: Callable
-    moe: Callable
-    moe_shared: Callable
+def require_package_import(module: str) -> None:
+    """Called by each op module before it registers its ops: refuse a copy imported under another name."""
+    if not module.startswith(PACKAGE + "."):
+        raise ImportError(f"{module} would register the torch.ops.gdn ops a second time; import {PACKAGE} instead")
 
 
-REFERENCE = KernelSet(
-    "reference",
-    _conv_ref.causal_conv1d,
-    _gdr_ref.chunk_gated_delta_rule,
-    _gdr_ref.recurrent_gated_delta_rule,
-    _moe_ref.moe,
-    _moe_ref.moe_shared,
-)
-OPS = KernelSet(
-    "ops",
-    _conv_op.causal_conv1d,
-    _gdr_op.chunk_gated_delta_rule,
-    _gdr_op.recurrent_gated_delta_rule,
-    _moe_op.moe,
-    _moe_op.moe_shared,
-)
-KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}
+if __name__ == PACKAGE:
+    from .sets import KERNEL_SETS, OPS, REFERENCE, KernelSet
+
+    __all__ = ["KERNEL_SETS", "OPS", "REFERENCE", "KernelSet"]

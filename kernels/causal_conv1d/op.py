@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import require_package_import
 from . import reference, triton_conv
+
+require_package_import(__name__)
 
 
 @torch.library.triton_op("gdn::causal_conv1d", mutates_args={"conv_state"})

@@ -3,10 +3,8 @@
 `torch.export` keeps them as single custom-op nodes (any prefill length exports); AOTInductor then sees
 the Triton kernels inside and compiles them into the artifact. `triton_op` registers the body itself as
 the fake (meta) implementation: it only allocates outputs, and the wrapped launches are no-ops on fake
-tensors. The CPU kernel is the plain-PyTorch reference. Tracing these ops for export crashes at random in
-torch 2.11 (ValueError vector::reserve, bad_alloc, segfaults in the fake call; not root-caused): often on
-machines without a GPU, in one of three runs on the H100 too. CPU artifacts therefore use the reference
-kernels (kernels="reference") and the ops' export tests run on CUDA.
+tensors. The CPU kernel is the plain-PyTorch reference. CPU artifacts call the references directly
+(kernels="reference"): the ExecuTorch CPU runtime has no kernels for custom ops.
 The state argument is declared mutated; the kernels update it in place.
 """
 
@@ -14,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import require_package_import
 from . import reference, triton_chunk, triton_decode
+
+require_package_import(__name__)
 
 
 @torch.library.triton_op("gdn::chunk_gated_delta_rule", mutates_args={"state"})

@@ -12,9 +12,12 @@ import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.library import triton_op
 
+from .. import require_package_import
 from . import reference
 from .decode import moe_decode
 from .prefill import moe_prefill
+
+require_package_import(__name__)
 
 
 def moe_triton(

@@ -1,0 +1,47 @@
+"""The two kernel sets behind one function boundary that the model calls.
+
+`REFERENCE` calls the plain-PyTorch specifications directly: they trace into ATen ops, which is what the
+ExecuTorch CPU runtime executes. `OPS` calls the registered `torch.ops.gdn.*` ops, which `torch.export`
+keeps opaque (any prefill length) and AOTInductor compiles with their Triton kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .causal_conv1d import op as _conv_op
+from .causal_conv1d import reference as _conv_ref
+from .gated_delta_rule import op as _gdr_op
+from .gated_delta_rule import reference as _gdr_ref
+from .moe import op as _moe_op
+from .moe import reference as _moe_ref
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    name: str
+    causal_conv1d: Callable
+    chunk_gated_delta_rule: Callable
+    recurrent_gated_delta_rule: Callable
+    moe: Callable
+    moe_shared: Callable
+
+
+REFERENCE = KernelSet(
+    "reference",
+    _conv_ref.causal_conv1d,
+    _gdr_ref.chunk_gated_delta_rule,
+    _gdr_ref.recurrent_gated_delta_rule,
+    _moe_ref.moe,
+    _moe_ref.moe_shared,
+)
+OPS = KernelSet(
+    "ops",
+    _conv_op.causal_conv1d,
+    _gdr_op.chunk_gated_delta_rule,
+    _gdr_op.recurrent_gated_delta_rule,
+    _moe_op.moe,
+    _moe_op.moe_shared,
+)
+KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}
