@@ -8,8 +8,9 @@ bundled default model): export time and artifact size, load time, time to first 
 128 / 1024 / 4096 prompt tokens, decode tokens/s over 256 new tokens with and without the CUDA graph, peak
 GPU memory. The memory limit of a decode step is the bytes it must read (the weights a token uses - for MoE
 only the routed and shared experts -, the recurrent and conv state, the KV cache in use) over the
-device-to-device copy bandwidth measured in the same run. The peer is transformers' `generate` (eager,
-bf16; flash-linear-attention's kernels when fla is installed) on the same checkpoint.
+device-to-device copy bandwidth measured in the same run. The peers are transformers' `generate` on the
+same checkpoint in bf16 (flash-linear-attention's kernels when fla is installed): eager, and with its
+static cache, which transformers compiles with torch.compile on a GPU by itself.
 Writes DIR/bench.json, DIR/bench.png (when matplotlib is there) and prints a table. Timings: CUDA events,
 medians. Artifacts and checkpoints are kept in DIR and reused by later runs; `--merge` combines the
 bench.json of runs made separately (one model per device command) into one table, JSON and chart.
@@ -74,6 +75,7 @@ class Result:
     peak_gpu_bytes: int = 0
     decode_profile: list = field(default_factory=list)
     peer: dict = field(default_factory=dict)
+    peer_compiled: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
 
@@ -230,7 +232,8 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
 
 
 def bench_peer(ckpt: Path, r: Result, vocab: int, new_tokens: int = NEW_TOKENS) -> None:
-    """transformers generate, eager bf16, same weights."""
+    """transformers generate, bf16, same weights: eager into r.peer, then with its static cache (which it
+    compiles itself on a GPU) into r.peer_compiled. Each is best effort: a failure is recorded, not raised."""
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cuda").eval()
@@ -239,18 +242,39 @@ def bench_peer(ckpt: Path, r: Result, vocab: int, new_tokens: int = NEW_TOKENS) 
     gdn = next((m for m in model.modules() if hasattr(m, "chunk_gated_delta_rule")), None)
     fla = ("fla" in gdn.chunk_gated_delta_rule.__module__) if gdn is not None else "fla.ops" in sys.modules
     ids = torch.randint(3, vocab, (1, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+    name = f"transformers {transformers.__version__} bf16" + (" + fla" if fla else " (no fla)")
+    try:
+        r.peer = {"name": f"{name}, eager", **time_generate(model, ids, new_tokens, [4], {})}
+    except Exception as e:  # noqa: BLE001
+        r.peer = {"error": f"{type(e).__name__}: {e}"[:300]}
+    try:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        # one cache size for every call (the longest first), so the compiled step is not recompiled per length
+        kw = {"cache_implementation": "static", "max_cache_len": ids.shape[1] + new_tokens}
+        t0 = time.perf_counter()
+        timing = time_generate(model, ids, new_tokens, [new_tokens, new_tokens, 1], kw)
+        compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+        r.peer_compiled = {"name": f"{name}, static cache" + (" + torch.compile" if compiled else " (not compiled)"),
+                           "warmup_and_timing_s": time.perf_counter() - t0, **timing}
+    except Exception as e:  # noqa: BLE001
+        r.peer_compiled = {"error": f"{type(e).__name__}: {e}"[:300]}
+
+
+def time_generate(model, ids: torch.Tensor, new_tokens: int, warmup: list[int], kw: dict) -> dict:
+    """TTFT (1 new token) and decode tokens/s ((n - 1) tokens over the extra time of n), CUDA events."""
 
     def gen(n):
         with torch.no_grad():
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                           pad_token_id=0, **kw)
 
-    gen(4)
+    for n in warmup:
+        gen(n)
     t1 = cuda_ms(lambda: gen(1), 3)
     tn = cuda_ms(lambda: gen(new_tokens), 2)
-    r.peer = {"name": f"transformers {transformers.__version__} eager bf16" + (" + fla" if fla else " (no fla)"),
-              "ttft_ms": t1, "decode_tok_s": (new_tokens - 1) / ((tn - t1) / 1e3),
-              "new_tokens": new_tokens}
+    return {"ttft_ms": t1, "decode_tok_s": (new_tokens - 1) / ((tn - t1) / 1e3), "new_tokens": new_tokens}
 
 
 def environment() -> dict:
@@ -269,14 +293,17 @@ def table(results: list[Result], bw: float) -> str:
     rows = [f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)",
             f"{'model':20} {'export s':>8} {'size MB':>8} {'load s':>6} {'TTFT ms':>8} "
             + " ".join(f"{'pre' + str(n):>8}" for n in PROMPTS)
-            + f" {'dec graph':>9} {'dec eager':>9} {'limit':>7} {'%limit':>6} {'peer':>7} {'x peer':>6} {'peak GB':>7}"]
+            + f" {'dec graph':>9} {'dec eager':>9} {'limit':>7} {'%limit':>6} {'peer':>7} {'x peer':>6}"
+            + f" {'compiled':>8} {'x comp':>6} {'peak GB':>7}"]
     for r in results:
         pre = " ".join(f"{r.prefill_tok_s.get(n, float('nan')):8.0f}" for n in PROMPTS)
         peer = r.peer.get("decode_tok_s", float("nan"))
+        comp = r.peer_compiled.get("decode_tok_s", float("nan"))
         rows.append(f"{r.model:20} {r.export_s or float('nan'):8.1f} {r.artifact_bytes / 1e6:8.1f} {r.load_s:6.2f} "
                     f"{r.ttft_ms:8.2f} {pre} {r.decode_tok_s_graph:9.1f} {r.decode_tok_s_eager:9.1f} "
                     f"{r.limit_tok_s:7.0f} {100 * r.decode_tok_s_graph / r.limit_tok_s:5.1f}% {peer:7.1f} "
-                    f"{r.decode_tok_s_graph / peer:6.1f} {r.peak_gpu_bytes / 1e9 if r.peak_gpu_bytes else float('nan'):7.2f}")
+                    f"{r.decode_tok_s_graph / peer:6.1f} {comp:8.1f} {r.decode_tok_s_graph / comp:6.1f} "
+                    f"{r.peak_gpu_bytes / 1e9 if r.peak_gpu_bytes else float('nan'):7.2f}")
     return "\n".join(rows)
 
 
@@ -291,11 +318,14 @@ def chart(results: list[Result], path: Path, device: str) -> bool:
     names = [r.model for r in results]
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(7, 4))
-    w = 0.2
-    ax.bar([i - 1.5 * w for i in x], [r.limit_tok_s for r in results], w, label="memory limit")
-    ax.bar([i - 0.5 * w for i in x], [r.decode_tok_s_graph for r in results], w, label="gdn, CUDA graph")
-    ax.bar([i + 0.5 * w for i in x], [r.decode_tok_s_eager for r in results], w, label="gdn, eager")
-    ax.bar([i + 1.5 * w for i in x], [r.peer.get("decode_tok_s", 0) for r in results], w, label="transformers")
+    w = 0.16
+    bars = [("memory limit", [r.limit_tok_s for r in results]),
+            ("gdn, CUDA graph", [r.decode_tok_s_graph for r in results]),
+            ("gdn, eager", [r.decode_tok_s_eager for r in results]),
+            ("transformers", [r.peer.get("decode_tok_s", 0) for r in results]),
+            ("transformers, static cache", [r.peer_compiled.get("decode_tok_s", 0) for r in results])]
+    for j, (label, values) in enumerate(bars):
+        ax.bar([i + (j - 2) * w for i in x], values, w, label=label)
     ax.set_xticks(list(x), names)
     ax.set_yscale("log")
     ax.set_ylabel("decode tokens/s, batch 1")
