@@ -85,8 +85,9 @@ def test_fp32_greedy_matches_eager_and_shares(exported, name):
     methods.close()
 
 
-def test_bf16_agreement(exported):
-    ckpt, res = exported("qwen3_5", "bf16")
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_next", "qwen3_5_moe"])
+def test_bf16_agreement(exported, name):
+    ckpt, res = exported(name, "bf16")
     art = Artifact.open(res.path)
     assert art.meta.dtype == "bfloat16"
     methods = load_methods(art)
@@ -96,7 +97,7 @@ def test_bf16_agreement(exported):
         want, _ = greedy(eager.prefill, eager, prompt, DECODE)
     got, _ = greedy(methods.prefill, methods.decode, prompt, DECODE)
     same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
-    print(f"qwen3_5 bf16: {same}/{len(want)} leading greedy tokens identical, "
+    print(f"{name} bf16: {same}/{len(want)} leading greedy tokens identical, "
           f"{sum(a == b for a, b in zip(got, want))}/{len(want)} positions equal")
     assert same >= 8
     methods.close()
