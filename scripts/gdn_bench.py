@@ -191,8 +191,8 @@ def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype
     if out.exists() and timing.exists():
         return out, float(timing.read_text()), True
     t0 = time.perf_counter()
-    run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len,
-                             ), Progress())
+    run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len),
+               Progress())
     seconds = time.perf_counter() - t0
     timing.write_text(f"{seconds:.1f}\n")
     return out, seconds, False

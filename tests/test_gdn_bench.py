@@ -33,12 +33,12 @@ def split_runs(folder: Path) -> list[Path]:
 
 
 def test_merge_keeps_every_run_and_its_own_limit(tmp_path, capsys):
-    RUNS = split_runs(tmp_path)
+    runs = split_runs(tmp_path)
     out_dir = tmp_path / "merged"
-    assert gdn_bench.main(["--merge", *map(str, RUNS), "--out", str(out_dir)]) == 0
+    assert gdn_bench.main(["--merge", *map(str, runs), "--out", str(out_dir)]) == 0
     merged = json.loads((out_dir / "bench.json").read_text())
     rows = {r["model"]: r for r in merged["results"]}
-    for run in RUNS:
+    for run in runs:
         for row in json.loads(run.read_text())["results"]:
             assert rows[row["model"]]["decode_tok_s_graph"] == row["decode_tok_s_graph"]
             assert rows[row["model"]]["limit_tok_s"] == row["limit_tok_s"]
@@ -55,11 +55,11 @@ def test_merge_of_a_missing_file_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_merge_refuses_runs_from_different_devices(tmp_path, capsys):
-    RUNS = split_runs(tmp_path)
-    other = json.loads(RUNS[0].read_text())
+    runs = split_runs(tmp_path)
+    other = json.loads(runs[0].read_text())
     other["environment"]["device"] = "NVIDIA H200"
     (tmp_path / "h200.json").write_text(json.dumps(other))
-    assert gdn_bench.main(["--merge", str(RUNS[1]), str(tmp_path / "h200.json"), "--out", str(tmp_path)]) == 2
+    assert gdn_bench.main(["--merge", str(runs[1]), str(tmp_path / "h200.json"), "--out", str(tmp_path)]) == 2
     assert "different devices" in capsys.readouterr().err
 
 

@@ -44,9 +44,9 @@ def _heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Ten
 def _unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
     """(I + a)^-1 for a strictly lower triangular a [H, L, L], L <= CHUNK, without a triangular solver (not
     an ExecuTorch portable op): forward substitution inside BLOCK x BLOCK diagonal blocks, row r of every
-    block in one step, then block forward substitution down the block rows. Trained models' keys are nearly parallel,
-    which makes this matrix badly conditioned: a product of repeated squarings lost every digit by row ~40
-    in float32 there (kernels/gated_delta_rule/NOTES.md)."""
+    block in one step, then block forward substitution down the block rows. Trained models' keys are
+    nearly parallel, which makes this matrix badly conditioned: a product of repeated squarings lost every
+    digit by row ~40 in float32 there (kernels/gated_delta_rule/NOTES.md)."""
     L = a.shape[-1]
     idx = torch.arange(L, device=a.device)
     eye = torch.eye(L, dtype=a.dtype, device=a.device)

@@ -2,7 +2,8 @@
 
 1. `_prep_kernel`, grid (chunks, Hv), fully parallel: per chunk of BT tokens, L2-norm k, the in-chunk
    cumulative log decay G, the WY matrix T = (I + strict_lower(beta k k^T * exp(G_i - G_j)))^-1 by
-   forward substitution (16-row blocks, then block rows), and w = T (beta k exp(G)) [BT, K], u = T (beta v) [BT, V] written to scratch.
+   forward substitution (16-row blocks, then block rows), and w = T (beta k exp(G)) [BT, K],
+   u = T (beta v) [BT, V] written to scratch.
 2. `_scan_kernel`, grid (V // BV, Hv), sequential over chunks with the state tile [K, BV] in registers:
    v_new = u - w S; o = (q exp(G)) S + causal(q k^T exp(G_i - G_j)) v_new;
    S <- S exp(G_last) + (k exp(G_last - G))^T v_new. The state is read once and written once.
