@@ -21,6 +21,12 @@ from gdn.kernels import KERNEL_SETS, KernelSet
 from .config import LINEAR, ModelConfig
 
 
+def project(layer: nn.Linear, x: torch.Tensor, kernels: KernelSet, decode: bool) -> torch.Tensor:
+    """layer(x); one token (decode) through the mat-vec kernel: a GEMM template's grid is too small for
+    one row at these widths (scripts/device/gemv_probe.py)."""
+    return kernels.gemv(x, layer.weight, "none") if decode else layer(x)
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * (1 + w), computed in float32 (the Qwen3-Next / Qwen3.5 zero-centred convention)."""
 
@@ -78,36 +84,52 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Gated full attention with q/k RMSNorm, partial rotary, GQA and a static KV cache."""
 
-    def __init__(self, cfg: ModelConfig, max_seq_len: int, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int, dtype: torch.dtype, kernels: KernelSet):
         super().__init__()
+        self.kernels = kernels
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q_out, kv_out = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, 2 * q_out + 2 * kv_out, bias=False)
         self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        cache = (1, self.n_kv, max_seq_len, self.head_dim)
+        # [Hkv, S, D]: no leading batch dim, so the attention reads the caches without a view (the edge
+        # dialect turns views into copies, and a copy of the whole cache per step costs more than the read)
+        cache = (self.n_kv, max_seq_len, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(cache, dtype=dtype))
         self.register_buffer("v_cache", torch.zeros(cache, dtype=dtype))
 
-    def forward(self, x, input_pos, cos, sin):
+    def forward(self, x, input_pos, cos, sin, decode: bool):
         T, D = x.shape[0], self.head_dim
         q_out, kv_out = self.n_heads * D, self.n_kv * D
-        qg, k, v = self.qkv_proj(x).split([2 * q_out, kv_out, kv_out], dim=-1)
+        qg, k, v = project(self.qkv_proj, x, self.kernels, decode).split([2 * q_out, kv_out, kv_out], dim=-1)
         q, gate = qg.view(T, self.n_heads, 2 * D).chunk(2, dim=-1)  # [T, H, D] each
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k.view(T, self.n_kv, D)), cos, sin)
-        self.k_cache[:, :, input_pos] = k.transpose(0, 1).unsqueeze(0)
-        self.v_cache[:, :, input_pos] = v.view(T, self.n_kv, D).transpose(0, 1).unsqueeze(0)
+        self.k_cache[:, input_pos] = k.transpose(0, 1)
+        self.v_cache[:, input_pos] = v.view(T, self.n_kv, D).transpose(0, 1)
         group = self.n_heads // self.n_kv
         # [Hkv, group * T, D]: the query heads that share a KV head, stacked
         qh = q.view(T, self.n_kv, group, D).permute(1, 2, 0, 3).reshape(self.n_kv, group * T, D)
-        scores = (qh @ self.k_cache[0].transpose(-1, -2)) * D**-0.5  # [Hkv, group*T, S]
-        visible = torch.arange(self.k_cache.shape[2], device=x.device)[None, :] <= input_pos[:, None]  # [T, S]
-        scores = scores.masked_fill(~visible.repeat(group, 1), float("-inf"))
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = (probs @ self.v_cache[0]).view(self.n_kv, group, T, D).permute(2, 0, 1, 3).reshape(T, q_out)
-        return self.o_proj(out * torch.sigmoid(gate.reshape(T, q_out)))
+        visible = torch.arange(self.k_cache.shape[1], device=x.device)[None, :] <= input_pos[:, None]  # [T, S]
+        if decode:
+            out = self._attend_one(qh, visible)
+        else:
+            out = self._attend(qh, visible.repeat(group, 1))
+        out = out.view(self.n_kv, group, T, D).permute(2, 0, 1, 3).reshape(T, q_out)
+        return project(self.o_proj, out * torch.sigmoid(gate.reshape(T, q_out)), self.kernels, decode)
+
+    def _attend(self, qh, visible):
+        """qh [Hkv, gT, D], visible [gT, S] -> [Hkv, gT, D]."""
+        scores = (qh @ self.k_cache.transpose(-1, -2)) * self.head_dim**-0.5  # [Hkv, gT, S]
+        probs = F.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1, dtype=torch.float32)
+        return probs.to(qh.dtype) @ self.v_cache
+
+    def _attend_one(self, qh, visible):
+        """One token: the small query is transposed instead of the cache. qh [Hkv, g, D], visible [1, S]."""
+        scores = (self.k_cache @ qh.transpose(-1, -2)) * self.head_dim**-0.5  # [Hkv, S, g]
+        probs = F.softmax(scores.masked_fill(~visible[0, :, None], float("-inf")), dim=1, dtype=torch.float32)
+        return probs.to(qh.dtype).transpose(-1, -2) @ self.v_cache  # [Hkv, g, D]
 
 
 class GatedDeltaNet(nn.Module):
@@ -131,7 +153,8 @@ class GatedDeltaNet(nn.Module):
 
     def forward(self, x, reset, decode: bool):
         T = x.shape[0]
-        qkv, z, b, a = self.in_proj(x).split([self.conv_dim, self.value_dim, self.hv, self.hv], dim=-1)
+        sizes = [self.conv_dim, self.value_dim, self.hv, self.hv]
+        qkv, z, b, a = project(self.in_proj, x, self.kernels, decode).split(sizes, dim=-1)
         qkv = self.kernels.causal_conv1d(qkv.unsqueeze(0), self.conv_state, self.conv_weight, reset)
         key_dim = self.hk * self.dk
         q, k, v = qkv.split([key_dim, key_dim, self.value_dim], dim=-1)
@@ -146,17 +169,20 @@ class GatedDeltaNet(nn.Module):
             g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
             o = self.kernels.chunk_gated_delta_rule(q, k, v, g, b.float().sigmoid(), self.recurrent_state, reset)
         o = self.norm(o[0], z.view(T, self.hv, self.dv))  # [T, Hv, V]
-        return self.out_proj(o.reshape(T, self.value_dim))
+        return project(self.out_proj, o.reshape(T, self.value_dim), self.kernels, decode)
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int, inter: int):
+    def __init__(self, hidden: int, inter: int, kernels: KernelSet):
         super().__init__()
-        self.inter = inter
+        self.inter, self.kernels = inter, kernels
         self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, decode: bool):
+        if decode:
+            gate_up = project(self.gate_up_proj, x, self.kernels, decode)
+            return self.kernels.gemv(gate_up, self.down_proj.weight, "silu_mul")
         gate, up = self.gate_up_proj(x).split([self.inter, self.inter], dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -175,11 +201,12 @@ class SparseMoE(nn.Module):
         self.down = nn.Parameter(torch.zeros(self.n_experts, H, I))
         self.shared_down_proj = nn.Linear(self.shared_inter, H, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, decode: bool):
         # one op for router, routed experts and the gated shared expert: at decode the shared expert's
         # silu*up, down projection and gate fuse into the routed down kernel (measured in scripts/bench_moe.py)
+        router_shared = project(self.router_shared, x, self.kernels, decode)
         return self.kernels.moe_shared(
-            x, self.router_shared(x), self.gate_up, self.down, self.shared_down_proj.weight, self.top_k, self.renormalize
+            x, router_shared, self.gate_up, self.down, self.shared_down_proj.weight, self.top_k, self.renormalize
         )
 
 
@@ -190,11 +217,11 @@ class DecoderLayer(nn.Module):
         if self.is_linear:
             self.linear_attn = GatedDeltaNet(cfg, dtype, state_dtype, kernels)
         else:
-            self.self_attn = Attention(cfg, max_seq_len, dtype)
+            self.self_attn = Attention(cfg, max_seq_len, dtype, kernels)
         if cfg.moe_layers[i]:
             self.mlp = SparseMoE(cfg, kernels)
         else:
-            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -203,9 +230,9 @@ class DecoderLayer(nn.Module):
         if self.is_linear:
             h = self.linear_attn(h, reset, decode)
         else:
-            h = self.self_attn(h, input_pos, cos, sin)
+            h = self.self_attn(h, input_pos, cos, sin, decode)
         x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x), decode)
 
 
 class GDNForCausalLM(nn.Module):
@@ -219,7 +246,7 @@ class GDNForCausalLM(nn.Module):
     ):
         super().__init__()
         ks = KERNEL_SETS[kernels]
-        self.cfg, self.max_seq_len, self.kernels = cfg, max_seq_len, kernels
+        self.cfg, self.max_seq_len, self.kernels, self.kernel_set = cfg, max_seq_len, kernels, ks
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = Rotary(cfg)
         self.layers = nn.ModuleList(
@@ -245,7 +272,8 @@ class GDNForCausalLM(nn.Module):
         cos, sin = self.rotary(input_pos, x.dtype)
         for layer in self.layers:
             x = layer(x, input_pos, reset, cos, sin, decode)
-        return self.lm_head(self.norm(x[-1:]))
+        # one row in both methods (the last position): always the mat-vec
+        return self.kernel_set.gemv(self.norm(x[-1:]), self.lm_head.weight, "none")
 
     def state_buffers(self) -> dict[str, torch.Tensor]:
         """The mutable decode state, by buffer name."""

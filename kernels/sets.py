@@ -14,6 +14,8 @@ from .causal_conv1d import op as _conv_op
 from .causal_conv1d import reference as _conv_ref
 from .gated_delta_rule import op as _gdr_op
 from .gated_delta_rule import reference as _gdr_ref
+from .gemv import op as _gemv_op
+from .gemv import reference as _gemv_ref
 from .moe import op as _moe_op
 from .moe import reference as _moe_ref
 
@@ -26,6 +28,7 @@ class KernelSet:
     recurrent_gated_delta_rule: Callable
     moe: Callable
     moe_shared: Callable
+    gemv: Callable
 
 
 REFERENCE = KernelSet(
@@ -35,6 +38,7 @@ REFERENCE = KernelSet(
     _gdr_ref.recurrent_gated_delta_rule,
     _moe_ref.moe,
     _moe_ref.moe_shared,
+    _gemv_ref.gemv,
 )
 OPS = KernelSet(
     "ops",
@@ -43,5 +47,6 @@ OPS = KernelSet(
     _gdr_op.recurrent_gated_delta_rule,
     _moe_op.moe,
     _moe_op.moe_shared,
+    _gemv_op.gemv,
 )
 KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}

@@ -104,18 +104,23 @@ def bench_decode(rows: list, results: dict) -> None:
     rows.append((f"copy {state_bytes >> 20} MiB d2d x{ROTATE} rotating (graphed)", f"{copy_us:.2f} us", f"{copy_gbs:.0f} GB/s"))
     results["decode_copy_gbs"] = copy_gbs
     args = lambda s: (x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], s, reset)
-    for bv in (16, 32, 64):
-        for mode in ("graphed", "eager"):
-            call = lambda i, bv=bv: triton_decode.recurrent_gated_delta_rule(*args(states[i % ROTATE]), block_v=bv, out=out)
-            if mode == "graphed":
-                replay = graphed(call, ROTATE)
-                us = timed(replay, inner=5) / ROTATE
-            else:
-                counter = iter(range(10**9))
-                us = timed(lambda: call(next(counter)))
-            gbs = moved / us / 1e3
-            rows.append((f"decode fused BV={bv} ({mode})", f"{us:.2f} us", f"{gbs:.0f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy"))
-            results[f"decode_bv{bv}_{mode}_us"] = us
+    big = results["copy_1GiB_gbs"]
+    sweep = [(bv, 4, mode) for bv in (16, 32, 64) for mode in ("graphed", "eager")]
+    sweep += [(bv, nw, "graphed") for bv in (8, 16, 32) for nw in (1, 2, 8)]
+    for bv, nw, mode in sweep:
+        call = lambda i, bv=bv, nw=nw: triton_decode.recurrent_gated_delta_rule(
+            *args(states[i % ROTATE]), block_v=bv, out=out, num_warps=nw
+        )
+        if mode == "graphed":
+            replay = graphed(call, ROTATE)
+            us = timed(replay, inner=5) / ROTATE
+        else:
+            counter = iter(range(10**9))
+            us = timed(lambda: call(next(counter)))
+        gbs = moved / us / 1e3
+        share = f"{100 * gbs / copy_gbs:.0f}% of the same-size copy, {100 * gbs / big:.0f}% of 1 GiB"
+        rows.append((f"decode fused BV={bv} warps={nw} ({mode})", f"{us:.2f} us", f"{gbs:.0f} GB/s = {share}"))
+        results[f"decode_bv{bv}_w{nw}_{mode}_us"] = us
     ref_call = lambda i: gdr_ref.recurrent_gated_delta_rule(*args(states[i % ROTATE]))
     replay = graphed(ref_call, ROTATE)
     us = timed(replay, inner=2, reps=10) / ROTATE

@@ -62,6 +62,7 @@ def recurrent_gated_delta_rule(
     reset: torch.Tensor,
     block_v: int = 0,
     out: torch.Tensor | None = None,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """Same contract as `reference.recurrent_gated_delta_rule`; `state` must be contiguous."""
     check_heads(q, k, v, state)
@@ -74,6 +75,6 @@ def recurrent_gated_delta_rule(
     launcher(_recurrent_kernel)[((V + BV - 1) // BV, Hv)](
         q, k, v, a, b, A_log, dt_bias, state, reset, o,
         q.stride(2), k.stride(2), v.stride(2), a.stride(2), b.stride(2), o.stride(2),
-        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV,
+        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV, num_warps=num_warps,
     )
     return o

@@ -1,23 +1,27 @@
-"""Decode (one token) projections as Inductor compiles them for the CUDA backend: a Triton mm template with
-one config (export without autotuning), the same with autotuning, and a mul + sum reduction in float32.
-Also the routed MoE experts as a gather + reduction. GB/s over the weight bytes; CUDA events around a
-CUDA graph of all copies, medians; weight copies cycled so that no layer is served from L2.
+"""Decode (one token) projections of Qwen3.5-2B: Inductor's Triton GEMM template (autotuned, as the CUDA
+export compiles the decode method) against gdn::gemv, each with the elementwise input it has in the model.
+Kernel time only: all calls captured in one CUDA graph, weights cycled through 512 MB so that no call is
+served from L2; CUDA events, medians. GB/s over the weight bytes.
+
+Usage (device): python scripts/device/gemv_probe.py [--json out.json]
 """
 
+import argparse
+import json
 import statistics
 
 import torch
-import torch._inductor.config as icfg
+import torch.nn.functional as F
 
-torch.manual_seed(0)
-dev = "cuda"
+import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
+from gdn.kernels.gemv import triton_gemv
+from gdn.kernels.gemv.triton_gemv import GemvConfig
+
 BF = torch.bfloat16
 MM = {"max_autotune": True, "max_autotune_gemm_backends": "TRITON"}
 
 
-def bench(fn, args_list, reps=50):
-    """Microseconds per call, kernel time only: all calls captured into one CUDA graph (without it, a
-    torch.compile'd call's host overhead, about 80 us, hides every small kernel)."""
+def graph_us(fn, args_list, reps=50):
     for a in args_list:
         fn(*a)
     torch.cuda.synchronize()
@@ -34,72 +38,69 @@ def bench(fn, args_list, reps=50):
         e.record()
         e.synchronize()
         times.append(s.elapsed_time(e) / len(args_list))
-    return statistics.median(times) * 1e3  # us
+    return statistics.median(times) * 1e3
 
 
-def linear(x, w):
-    return torch.nn.functional.linear(x, w)
+def rms(x, w):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + w.float())).to(x.dtype)
 
 
-def reduce(x, w):
-    return (w.float() * x.float()).sum(-1).to(x.dtype)[None]
+# name: (N, K, input width, the model's elementwise input -> a [1, K])
+SITES = {
+    "mlp down (silu*up)": (2048, 6144, 12288, None),
+    "attn o_proj (x*sigmoid(gate))": (2048, 2048, 4096, lambda x, nw: x[:, :2048] * torch.sigmoid(x[:, 2048:])),
+    "gdn out_proj (plain input)": (2048, 2048, 2048, lambda x, nw: x),
+    "mlp gate_up (rmsnorm)": (12288, 2048, 2048, lambda x, nw: rms(x, nw)),
+    "gdn in_proj (rmsnorm)": (8224, 2048, 2048, lambda x, nw: rms(x, nw)),
+    "lm_head (rmsnorm)": (248320, 2048, 2048, lambda x, nw: rms(x, nw)),
+}
+CONFIGS = [GemvConfig(bn, bk, wp) for bn in (4, 8, 16) for bk in (512, 1024) for wp in (4, 8)]
 
 
-def copies(n, k):
-    count = max(1, (512 << 20) // (n * k * 2))
-    return [(torch.randn(1, k, device=dev, dtype=BF), torch.randn(n, k, device=dev, dtype=BF) * 0.02)
-            for _ in range(count)]
-
-
-SHAPES = {"lm_head": (248320, 2048), "gate_up": (12288, 2048), "down": (2048, 6144), "gdn_in": (8224, 2048),
-          "attn_qkv": (5120, 2048), "out": (2048, 2048)}
-rows = []
-for name, (n, k) in SHAPES.items():
-    args = copies(n, k)
-    x, w = args[0]
-    want = linear(x.double(), w.double())
-    res = {}
-    variants = [("mm 1 config", linear, {**MM, "test_configs.max_mm_configs": 1}),
-                ("mm autotuned", linear, MM), ("mul+sum fp32", reduce, {})]
-    for label, fn, opts in variants:
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    out = {"device": torch.cuda.get_device_name(0), "sites": {}}
+    for name, (N, K, width, pre) in SITES.items():
+        count = max(2, (512 << 20) // (N * K * 2))
+        data = [(torch.randn(1, width, device="cuda", dtype=BF), torch.randn(N, K, device="cuda", dtype=BF) * 0.02,
+                 torch.randn(K if pre is None else width, device="cuda") * 0.1) for _ in range(count)]
+        if pre is None:
+            inductor = lambda x, w, nw: F.linear(F.silu(x[:, :K]) * x[:, K:], w)
+        else:
+            inductor = lambda x, w, nw, pre=pre: F.linear(pre(x, nw), w)
+            ours = lambda x, w, nw, pre=pre: torch.ops.gdn.gemv(pre(x, nw), w, "none")
+        x, w, nw = data[0]
+        a = [(x if pre is None else pre(x, nw), w) for x, w, nw in data]  # the kernel's own input
+        act = "silu_mul" if pre is None else "none"
+        a64 = F.silu(x[:, :K].float()) * x[:, K:].float() if pre is None else pre(x, nw).float()
+        want = F.linear(a64.double(), w.double())
         torch._dynamo.reset()
-        f = torch.compile(fn, options=opts, fullgraph=True, dynamic=False)
-        err = (f(x, w).double() - want).abs().max().item()
-        us = bench(f, args)
-        res[label] = (us, n * k * 2 / us / 1e3, err)
-    rows.append((name, n, k, res))
-    print(name, n, k, {k_: f"{v[0]:.1f}us {v[1]:.0f}GB/s err {v[2]:.1e}" for k_, v in res.items()}, flush=True)
+        f = torch.compile(inductor, options=MM, fullgraph=True, dynamic=False)
+        res = {"inductor autotuned": graph_us(f, data)}
+        errs = {"inductor autotuned": (f(x, w, nw).double() - want).abs().max().item()}
+        for cfg in CONFIGS:
+            label = f"gemv bn{cfg.block_n} bk{cfg.block_k} w{cfg.warps}"
+            res[label] = graph_us(lambda x, w, cfg=cfg: triton_gemv.gemv(x, w, act, cfg), a)
+            errs[label] = (triton_gemv.gemv(a[0][0], w, act, cfg).double() - want).abs().max().item()
+        if pre is not None:
+            # the op with its default config behind the elementwise input, which Inductor compiles as its own kernel
+            torch._dynamo.reset()
+            g = torch.compile(ours, fullgraph=True, dynamic=False)
+            res["compiled input + gdn::gemv"] = graph_us(g, data)
+            errs["compiled input + gdn::gemv"] = (g(x, w, nw).double() - want).abs().max().item()
+        best = min((k for k in res if k.startswith("gemv")), key=res.get)
+        mb = N * K * 2 / 1e6
+        keys = ["inductor autotuned", best] + (["compiled input + gdn::gemv"] if pre is not None else [])
+        line = {k: f"{res[k]:.1f}us {mb * 1e3 / res[k]:.0f}GB/s err {errs[k]:.1e}" for k in keys}
+        print(f"{name} N{N} K{K} {mb:.1f}MB: {line}", flush=True)
+        out["sites"][name] = {"N": N, "K": K, "us": res, "max_abs_err": errs}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
 
 
-def moe_ref(x, gu, dn, idx, wts):
-    """Gathered copies then bmm (the reference path)."""
-    h = torch.bmm(gu[idx], x.expand(idx.shape[0], -1)[:, :, None])[:, :, 0]  # [k, 2I]
-    g, u = h.chunk(2, -1)
-    a = torch.nn.functional.silu(g) * u
-    y = torch.bmm(dn[idx], a[:, :, None])[:, :, 0]  # [k, H]
-    return (y.float() * wts[:, None]).sum(0).to(x.dtype)
-
-
-def moe_reduce(x, gu, dn, idx, wts):
-    h = (gu[idx].float() * x.float()).sum(-1)  # [k, 2I]
-    g, u = h.chunk(2, -1)
-    a = (torch.nn.functional.silu(g) * u).to(x.dtype)
-    y = (dn[idx].float() * a[:, None, :].float()).sum(-1)  # [k, H]
-    return (y * wts[:, None]).sum(0).to(x.dtype)
-
-
-E, H, I, K = 256, 2048, 512, 8
-margs = []
-for _ in range(4):
-    margs.append((torch.randn(1, H, device=dev, dtype=BF), torch.randn(E, 2 * I, H, device=dev, dtype=BF) * 0.02,
-                  torch.randn(E, H, I, device=dev, dtype=BF) * 0.02, torch.randperm(E, device=dev)[:K],
-                  torch.rand(K, device=dev)))
-nbytes = K * 3 * H * I * 2
-want = moe_ref(*[a.double() if a.is_floating_point() else a for a in margs[0]])
-for label, fn, opts in [("moe gathered bmm 1 config", moe_ref, {**MM, "test_configs.max_mm_configs": 1}),
-                        ("moe gather+reduce", moe_reduce, {})]:
-    torch._dynamo.reset()
-    f = torch.compile(fn, options=opts, fullgraph=True, dynamic=False)
-    err = (f(*margs[0]).double() - want).abs().max().item()
-    us = bench(f, margs, reps=200)
-    print(label, f"{us:.1f}us {nbytes / us / 1e3:.0f}GB/s err {err:.1e}", flush=True)
+if __name__ == "__main__":
+    main()
