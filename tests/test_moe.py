@@ -111,9 +111,9 @@ def test_moe_shared_interpreted(T, poisoned):
 DECODE_CONFIGS = {  # the inline router runs in every kernel-1 program, slow in the interpreter: default blocks only
     "baseline": BASELINE,
     "default": DecodeConfig(),
-    "unrolled-routerkernel": DecodeConfig(router="kernel"),
-    "unrolled-routerkernel-argmax-small": DecodeConfig(router="kernel", pick="argmax", block_i=2, block_h=16,
-                                                       block_out=2, block_inner=16, warps_router=4),
+    "unrolled-inline": DecodeConfig(router="inline"),
+    "unrolled-argmax-small": DecodeConfig(pick="argmax", block_i=2, block_h=16, block_out=2, block_inner=16,
+                                          warps_router=4),
     "tile-routerkernel-small": DecodeConfig(router="kernel", gate_up="tile", down="tile", block_h=16, tile_down=64),
 }
 DECODE_SHAPES = [(8, 2, 48, 20), (64, 8, 64, 24), (64, 10, 40, 24)]  # (E, top_k, H, I); H, I not powers of 2 too

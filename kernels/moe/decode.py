@@ -7,9 +7,11 @@ sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed. `Deco
   for kernel 2 from program 0); "kernel": one routing program runs first and kernel 1 reads its slot's id.
 - pick "argmax": three block-wide reductions per selected expert (`route_row`); "packed": one (`route_row_packed`).
 - gate_up / down "tile": the kernels of runs 1-3 (kernel 1 on a (slot, row block) grid with [BLOCK_I, BLOCK_H]
-  accumulators walked by a loop; kernel 2 one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step); "unrolled": every
-  step of the reduction unrolled, so no weight load waits on another and the accumulators stay one step wide.
-`BASELINE` is the design measured in runs 1-3.
+  accumulators walked by a loop; kernel 2 one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step, the shared
+  expert's rows in a second loop); "unrolled": the column steps unrolled, so that no weight load waits on the
+  math of another step, x / h loaded without a trip through shared memory, and in kernel 2 the shared expert's
+  rows loaded beside the routed ones.
+`BASELINE` is the design measured in runs 1-3; scripts/sass_moe_decode.py shows the kernels' SASS load order.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ CHOICES = {"router": ("inline", "kernel"), "pick": ("argmax", "packed"), "gate_u
 class DecodeConfig:
     """The defaults are the expected fastest, not yet measured on a GPU; `BASELINE` is the measured design."""
 
-    router: str = "inline"
+    router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
     pick: str = "packed"
     gate_up: str = "unrolled"
     down: str = "unrolled"
@@ -41,7 +43,7 @@ class DecodeConfig:
     block_inner: int = 512  # "unrolled" down: columns per step (per slot)
     tile_down: int = 16384  # "tile" down: elements per step, k_p2 * block_out * block_inner
     warps_gate_up: int = 4
-    warps_down: int = 4
+    warps_down: int = 8
     warps_router: int = 1  # "kernel" router: one warp reduces with shuffles alone, no shared-memory rounds
 
     def __post_init__(self):
@@ -264,35 +266,40 @@ def down_unrolled_kernel(
     I: tl.constexpr,
     S: tl.constexpr,
     TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
     HAS_SHARED: tl.constexpr,
     BLOCK_OUT: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
 ):
-    """The "unrolled" kernel 2: BLOCK_OUT output rows; every (column step, slot) [BLOCK_OUT, BLOCK_INNER] tile
-    is its own unrolled load, into one accumulator. h is loaded broadcast in the tile's own shape: a [BLOCK_INNER] load
-    is converted through shared memory behind a barrier, which serialised the slots' loads. The shared
-    expert comes last, since its activation still takes such a barrier (no load may wait behind it)."""
+    """The "unrolled" kernel 2: BLOCK_OUT output rows. Each column step (unrolled) issues all of its loads, the
+    routed slots' rows as one [K_P2, BLOCK_OUT, BLOCK_INNER] load and the shared expert's rows beside them,
+    before any arithmetic: ptxas keeps one load's vectors together but sinks separate loads below the math
+    that precedes them, which serialised a per-slot version. Slots are summed first (within a thread)."""
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
-    acc = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
-    for i0 in tl.static_range(0, I, BLOCK_INNER):
-        cols = tl.broadcast_to((i0 + tl.arange(0, BLOCK_INNER))[None, :], [BLOCK_OUT, BLOCK_INNER])
-        ok = row_ok[:, None] & (cols < I)
-        for slot in tl.static_range(TOP_K):
-            e = tl.load(ids_ptr + slot).to(tl.int64)
-            hv = tl.load(h_ptr + slot * I + cols, mask=ok, other=0.0)
-            d = tl.load(down_ptr + e * (H * I) + rows[:, None] * I + cols, mask=ok, other=0.0,
-                        eviction_policy="evict_first")
-            acc += d.to(tl.float32) * (hv * tl.load(weights_ptr + slot))
+    slots = tl.arange(0, K_P2)
+    slot_ok = slots < TOP_K
+    e = tl.load(ids_ptr + slots, mask=slot_ok, other=0).to(tl.int64)  # [K_P2]
+    w = tl.load(weights_ptr + slots, mask=slot_ok, other=0.0)  # [K_P2]
+    row_base = e[:, None, None] * (H * I) + rows[None, :, None] * I  # [K_P2, BLOCK_OUT, 1]
+    row_mask = slot_ok[:, None, None] & row_ok[None, :, None]
     if HAS_SHARED:
         gate = tl.sigmoid(tl.load(shared_gate_ptr).to(tl.float32))
-        for i0 in tl.static_range(0, S, BLOCK_INNER):
-            cols = tl.broadcast_to((i0 + tl.arange(0, BLOCK_INNER))[None, :], [BLOCK_OUT, BLOCK_INNER])
-            ok = row_ok[:, None] & (cols < S)
-            g = tl.load(shared_act_ptr + cols * shared_act_stride, mask=ok, other=0.0).to(tl.float32)
-            u = tl.load(shared_act_ptr + (S + cols) * shared_act_stride, mask=ok, other=0.0).to(tl.float32)
-            d = tl.load(shared_down_ptr + rows[:, None] * S + cols, mask=ok, other=0.0, eviction_policy="evict_first")
-            acc += d.to(tl.float32) * (gate * g * tl.sigmoid(g) * u)
+    acc = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
+    for i0 in tl.static_range(0, max(I, S) if HAS_SHARED else I, BLOCK_INNER):
+        cols = i0 + tl.arange(0, BLOCK_INNER)
+        col_ok = cols < I
+        d = tl.load(down_ptr + row_base + cols[None, None, :], mask=row_mask & col_ok[None, None, :], other=0.0,
+                    eviction_policy="evict_first")  # [K_P2, BLOCK_OUT, BLOCK_INNER]
+        hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
+        if HAS_SHARED:
+            s_ok = cols < S
+            sd = tl.load(shared_down_ptr + rows[:, None] * S + cols[None, :], mask=row_ok[:, None] & s_ok[None, :],
+                         other=0.0, eviction_policy="evict_first")  # [BLOCK_OUT, BLOCK_INNER]
+            g = tl.load(shared_act_ptr + cols * shared_act_stride, mask=s_ok, other=0.0).to(tl.float32)
+            u = tl.load(shared_act_ptr + (S + cols) * shared_act_stride, mask=s_ok, other=0.0).to(tl.float32)
+            acc += sd.to(tl.float32) * (gate * g * tl.sigmoid(g) * u)[None, :]
+        acc += tl.sum(d.to(tl.float32) * (hv * w[:, None])[:, None, :], 0)
     tl.store(out_ptr + rows, tl.sum(acc, 1).to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -366,7 +373,7 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig) -> torch.
         )
     else:
         launch(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](
-            *args, H=H, I=I, S=S, TOP_K=top_k, HAS_SHARED=shared is not None,
+            *args, H=H, I=I, S=S, TOP_K=top_k, K_P2=next_pow2(top_k), HAS_SHARED=shared is not None,
             BLOCK_OUT=block_out, BLOCK_INNER=min(cfg.block_inner, next_pow2(max(I, S))), num_warps=cfg.warps_down,
         )
     return out
