@@ -114,11 +114,11 @@ DESIGNS = [  # (name, config): the measured design, the new kernels, and each ne
     ("baseline (runs 1-3)", BASELINE),
     ("baseline + router kernel", replace(BASELINE, router="kernel")),
     ("baseline + packed top-k", replace(BASELINE, pick="packed")),
-    ("unrolled + router kernel", replace(DecodeConfig(), router="kernel")),
-    ("unrolled, inline packed router (default)", DecodeConfig()),
+    ("unrolled, inline packed router", replace(DecodeConfig(), router="inline")),
+    ("unrolled + router kernel (default)", DecodeConfig()),
 ]
-GATE_UP_SWEEP = [(4, 512, 4), (2, 512, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (8, 512, 8)]  # rows, cols, warps
-DOWN_SWEEP = [(4, 512, 4), (2, 512, 4), (8, 256, 4), (2, 256, 2), (8, 512, 8)]  # rows, cols per step, warps
+GATE_UP_SWEEP = [(4, 512, 4), (2, 512, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8)]  # rows, cols, warps
+DOWN_SWEEP = [(4, 512, 8), (2, 512, 8), (2, 512, 4), (1, 512, 4), (8, 256, 8)]  # rows, cols per step, warps
 
 
 def describe(cfg: DecodeConfig) -> str:
@@ -189,7 +189,7 @@ def decode_table(w, bw: float) -> list[str]:
     k1_us = {}
     for bi, bh, wg in GATE_UP_SWEEP:
         cfg = replace(base, block_i=bi, block_h=bh, warps_gate_up=wg)
-        name = f"sweep kernel 1 (inline router) {bi}x{bh} w{wg}"
+        name = f"sweep kernel 1 {bi}x{bh} w{wg} (+ router kernel)"
         k1_us[(bi, bh, wg)] = add(name, k1_bytes, d.kernel1(cfg), eager=False)
     k2_us = {}
     for bo, bn, wd in DOWN_SWEEP:
