@@ -3,7 +3,11 @@ against measured copy bandwidth) and prefill T = 512/2048/8192 (TFLOP/s against 
 rate), side by side with the naive gathered-weights path (reference.moe). CUDA events, medians; L2 is
 flushed before every timed call (a real model's 256 experts per layer never sit in L2).
 
-    python scripts/bench_moe.py [--sweep] > table.md
+Decode compares, in one run, the design of runs 1-3 (`BASELINE`), each new part alone (router kernel, packed
+top-k, unrolled kernels) and the default config, then sweeps the unrolled kernels' blocks and warps (kernel 1
+and kernel 2 alone, graph only) and times the fastest of each together, with either router.
+
+    python scripts/bench_moe.py [--sweep] [--decode-only] > table.md
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from gdn.kernels.moe import reference
-from gdn.kernels.moe.decode import DecodeConfig, decode_down, decode_gate_up, moe_decode
+from gdn.kernels.moe import op, reference
+from gdn.kernels.moe.decode import BASELINE, DecodeConfig, decode_down, decode_gate_up, moe_decode
 from gdn.kernels.moe.prefill import PrefillConfig, moe_prefill
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
@@ -26,7 +30,7 @@ FLUSH = None
 
 @dataclass
 class Timing:
-    eager_us: float
+    eager_us: float | None
     graph_us: float | None
 
 
@@ -47,14 +51,14 @@ def median_us(fn, iters: int) -> float:
     return statistics.median(times)
 
 
-def timed(fn, iters: int = 50, graph: bool = True) -> Timing:
+def timed(fn, iters: int = 50, graph: bool = True, eager: bool = True) -> Timing:
     """Median µs of `fn` eagerly and replayed from a CUDA graph (capture also proves it is capture-safe)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    eager = median_us(fn, iters)
+    eager_us = median_us(fn, iters) if eager else None
     if not graph:
-        return Timing(eager, None)
+        return Timing(eager_us, None)
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -63,7 +67,7 @@ def timed(fn, iters: int = 50, graph: bool = True) -> Timing:
     torch.cuda.current_stream().wait_stream(s)
     with torch.cuda.graph(g):
         fn()
-    return Timing(eager, median_us(g.replay, iters))
+    return Timing(eager_us, median_us(g.replay, iters))
 
 
 def copy_bandwidth() -> float:
@@ -106,55 +110,120 @@ def fmt(v, spec=".1f") -> str:
     return "—" if v is None else format(v, spec)
 
 
-def decode_table(w, bw: float, sweep: bool) -> list[str]:
-    gate_up, down, router_shared, shared_down = w
-    x = torch.randn(1, H, device="cuda", dtype=DT)
-    logits = (x @ router_shared[:E].T).contiguous()
+DESIGNS = [  # (name, config): the measured design, the new kernels, and each new part alone
+    ("baseline (runs 1-3)", BASELINE),
+    ("baseline + router kernel", replace(BASELINE, router="kernel")),
+    ("baseline + packed top-k", replace(BASELINE, pick="packed")),
+    ("unrolled, inline packed router", replace(DecodeConfig(), router="inline")),
+    ("unrolled + router kernel (default)", DecodeConfig()),
+]
+GATE_UP_SWEEP = [(4, 512, 4), (2, 512, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8)]  # rows, cols, warps
+DOWN_SWEEP = [(4, 512, 8), (2, 512, 8), (2, 512, 4), (1, 512, 4), (8, 256, 8)]  # rows, cols per step, warps
+
+
+def describe(cfg: DecodeConfig) -> str:
+    k1 = f"{cfg.gate_up} {cfg.block_i}x{cfg.block_h} w{cfg.warps_gate_up}"
+    inner = f" rows, {cfg.tile_down} elements per step," if cfg.down == "tile" else f"x{cfg.block_inner}"
+    return f"router {cfg.router}/{cfg.pick}; k1 {k1}; k2 {cfg.down} {cfg.block_out}{inner} w{cfg.warps_down}"
+
+
+class Decode:
+    """The decode inputs at Qwen3.5-35B-A3B shapes and one callable per measured piece."""
+
+    def __init__(self, w):
+        self.gate_up, self.down, self.router_shared, self.shared_down = w
+        self.x = torch.randn(1, H, device="cuda", dtype=DT)
+        self.logits = (self.x @ self.router_shared[:E].T).contiguous()
+        self.act = torch.randn(1, 2 * S, device="cuda", dtype=DT)
+        self.gate = torch.randn(1, 1, device="cuda", dtype=DT)
+        self.out = torch.empty_like(self.x)
+
+    def routed(self, cfg):
+        return lambda: moe_decode(self.x, self.logits, self.gate_up, self.down, K, True, cfg=cfg)
+
+    def layer(self, cfg):
+        """The router + shared gate/up linear, then the routed experts with the shared expert fused into kernel 2."""
+        def fn():
+            rs = self.x @ self.router_shared.T
+            return op.moe_shared_triton(self.x, rs, self.gate_up, self.down, self.shared_down, K, True, decode_cfg=cfg)
+        return fn
+
+    def kernel1(self, cfg):
+        return lambda: decode_gate_up(self.x, self.logits, self.gate_up, K, True, cfg)
+
+    def kernel2(self, cfg, shared: bool):
+        h, ids, wts = decode_gate_up(self.x, self.logits, self.gate_up, K, True, cfg)
+        sh = (self.act, self.gate, self.shared_down) if shared else None
+        return lambda: decode_down(h, ids, wts, self.down, self.out, sh, cfg)
+
+
+def decode_table(w, bw: float) -> list[str]:
+    d = Decode(w)
     expert_bytes = 3 * I * H * 2
     routed, shared, router = K * expert_bytes, 3 * S * H * 2, (E + 1) * H * 2
-    cases = [
-        ("naive gathered weights (reference.moe), routed", routed, lambda: reference.moe(x, logits, gate_up, down, K, True)),
-        ("gdn::moe, routed", routed, lambda: torch.ops.gdn.moe(x, logits, gate_up, down, K, True)),
-        ("layer: router+shared linear, gdn::moe, shared in torch", routed + shared + router, lambda: layer_separate(x, w)),
-        ("layer: router+shared linear, gdn::moe_shared (fused)", routed + shared + router, lambda: layer_fused(x, w)),
-    ]
-    cfg0 = DecodeConfig()
-    h, ids, wts = decode_gate_up(x, logits, gate_up, K, True, cfg0)
-    out_buf = torch.empty_like(x)
-    cases += [
-        ("  of which kernel 1 (router + gate/up + silu*up)", 2 * I * H * 2 * K,
-         lambda: decode_gate_up(x, logits, gate_up, K, True, cfg0)),
-        ("  of which kernel 2 (down, weighted sum)", I * H * 2 * K,
-         lambda: decode_down(h, ids, wts, down, out_buf, None, cfg0)),
-    ]
-    if sweep:
-        for cfg in [DecodeConfig(block_i=bi, block_h=bh, block_out=bo, tile_down=td, warps_gate_up=wg, warps_down=wd)
-                    for bi, bh, bo, td, wg, wd in [(8, 1024, 4, 16384, 8, 8), (2, 2048, 4, 16384, 4, 8),
-                                                   (4, 2048, 8, 16384, 8, 8)]]:
-            cases.append((f"moe_decode {cfg}", routed, lambda cfg=cfg: moe_decode(x, logits, gate_up, down, K, True, cfg=cfg)))
+    layer = routed + shared + router
+    k1_bytes, k2_bytes, k2s_bytes = 2 * I * H * 2 * K, I * H * 2 * K, I * H * 2 * K + S * H * 2
     out = [f"Decode, T=1, H {H}, I {I}, E {E}, top-{K}, shared {S}, bf16. Bytes: 8 experts {routed / 1e6:.1f} MB, "
            f"shared expert {shared / 1e6:.1f} MB, router {router / 1e6:.2f} MB. Copy bandwidth {bw / 1e9:.0f} GB/s.", "",
-           row(["path", "MB read", "µs eager", "µs CUDA graph", "GB/s (graph)", "% of copy BW"]),
-           row(["---"] * 6)]
-    for name, nbytes, fn in cases:
-        t = timed(fn)
+           row(["path", "MB read", "µs eager", "µs CUDA graph", "GB/s (graph)", "% of copy BW"]), row(["---"] * 6)]
+
+    def add(name, nbytes, fn, eager=True):
+        t = timed(fn, eager=eager)
         gbs = nbytes / (t.graph_us * 1e-6) / 1e9
         out.append(row([name, f"{nbytes / 1e6:.1f}", fmt(t.eager_us), fmt(t.graph_us), f"{gbs:.0f}",
                         f"{100 * gbs * 1e9 / bw:.0f}%"]))
+        return t.graph_us
+
+    add("naive gathered weights (reference.moe), routed", routed,
+        lambda: reference.moe(d.x, d.logits, d.gate_up, d.down, K, True))
+    add("gdn::moe (default config), routed", routed,
+        lambda: torch.ops.gdn.moe(d.x, d.logits, d.gate_up, d.down, K, True))
+    add("layer: router+shared linear, gdn::moe, shared in torch", layer, lambda: layer_separate(d.x, w))
+    add("layer: router+shared linear, gdn::moe_shared (fused, default config)", layer, lambda: layer_fused(d.x, w))
+    for name, cfg in DESIGNS:
+        add(f"{name}: routed", routed, d.routed(cfg))
+        add(f"{name}: layer, shared fused", layer, d.layer(cfg))
+        add(f"{name}:   kernel 1 (+ router kernel if any)", k1_bytes, d.kernel1(cfg))
+        add(f"{name}:   kernel 2, routed only", k2_bytes, d.kernel2(cfg, False))
+    base = DecodeConfig()
+    k1_us = {}
+    for bi, bh, wg in GATE_UP_SWEEP:
+        cfg = replace(base, block_i=bi, block_h=bh, warps_gate_up=wg)
+        name = f"sweep kernel 1 {bi}x{bh} w{wg} (+ router kernel)"
+        k1_us[(bi, bh, wg)] = add(name, k1_bytes, d.kernel1(cfg), eager=False)
+    k2_us = {}
+    for bo, bn, wd in DOWN_SWEEP:
+        cfg = replace(base, block_out=bo, block_inner=bn, warps_down=wd)
+        add(f"sweep kernel 2 {bo}x{bn} w{wd}, routed only", k2_bytes, d.kernel2(cfg, False), eager=False)
+        name = f"sweep kernel 2 {bo}x{bn} w{wd}, + shared"
+        k2_us[(bo, bn, wd)] = add(name, k2s_bytes, d.kernel2(cfg, True), eager=False)
+    (bi, bh, wg), (bo, bn, wd) = min(k1_us, key=k1_us.get), min(k2_us, key=k2_us.get)
+    best = replace(base, block_i=bi, block_h=bh, warps_gate_up=wg, block_out=bo, block_inner=bn, warps_down=wd)
+    for router in ("inline", "kernel"):
+        cfg = replace(best, router=router)
+        add(f"sweep's best blocks, router {router}: routed", routed, d.routed(cfg))
+        add(f"sweep's best blocks, router {router}: layer, shared fused", layer, d.layer(cfg))
+    out += decode_next_rows(bw)
+    out += ["", "Configs:"] + [f"- {name}: {describe(cfg)}" for name, cfg in DESIGNS]
+    out += [f"- sweep's best blocks: {describe(best)}",
+            "- sweeps: the default config with only the named blocks changed"]
     return out
 
 
-def decode_next_row(bw: float) -> list[str]:
-    """Qwen3-Next-80B routed experts: E 512, top-10, same H and I."""
+def decode_next_rows(bw: float) -> list[str]:
+    """Qwen3-Next-80B routed experts: E 512, top-10, same H and I; the baseline against the default config."""
     gate_up = torch.randn(512, 2 * I, H, device="cuda", dtype=DT) * H**-0.5
     down = torch.randn(512, H, I, device="cuda", dtype=DT) * I**-0.5
     x = torch.randn(1, H, device="cuda", dtype=DT)
     logits = torch.randn(1, 512, device="cuda", dtype=DT)
     nbytes = 10 * 3 * I * H * 2
-    t = timed(lambda: torch.ops.gdn.moe(x, logits, gate_up, down, 10, True))
-    gbs = nbytes / (t.graph_us * 1e-6) / 1e9
-    return [row(["gdn::moe, routed, Qwen3-Next E 512 top-10", f"{nbytes / 1e6:.1f}", fmt(t.eager_us), fmt(t.graph_us),
-                 f"{gbs:.0f}", f"{100 * gbs * 1e9 / bw:.0f}%"])]
+    out = []
+    for name, cfg in [("baseline", BASELINE), ("default", DecodeConfig())]:
+        t = timed(lambda cfg=cfg: moe_decode(x, logits, gate_up, down, 10, True, cfg=cfg))
+        gbs = nbytes / (t.graph_us * 1e-6) / 1e9
+        out.append(row([f"Qwen3-Next E 512 top-10, {name}, routed", f"{nbytes / 1e6:.1f}", fmt(t.eager_us),
+                        fmt(t.graph_us), f"{gbs:.0f}", f"{100 * gbs * 1e9 / bw:.0f}%"]))
+    return out
 
 
 def prefill_table(w, bw: float, mm: float, sweep: bool) -> list[str]:
@@ -188,7 +257,8 @@ def prefill_table(w, bw: float, mm: float, sweep: bool) -> list[str]:
 def main() -> int:
     global FLUSH
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", action="store_true", help="also time a few kernel block configurations")
+    p.add_argument("--sweep", action="store_true", help="also time a second prefill block configuration")
+    p.add_argument("--decode-only", action="store_true", help="skip the prefill table")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("bench_moe: needs a CUDA GPU, found none", file=sys.stderr)
@@ -198,7 +268,9 @@ def main() -> int:
     bw, mm = copy_bandwidth(), matmul_rate()
     w = weights()
     lines = [f"Device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", ""]
-    lines += decode_table(w, bw, args.sweep) + decode_next_row(bw) + [""] + prefill_table(w, bw, mm, args.sweep)
+    lines += decode_table(w, bw)
+    if not args.decode_only:
+        lines += [""] + prefill_table(w, bw, mm, args.sweep)
     print("\n".join(lines))
     return 0
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from gdn.kernels.moe import op, reference
+from gdn.kernels.moe.decode import BASELINE, DecodeConfig, decode_route
 from gdn.kernels.moe.prefill import group_by_expert
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
@@ -105,6 +106,79 @@ def test_moe_shared_interpreted(T, poisoned):
     want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, True)
     assert not got.isnan().any()
     assert (got.double() - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+DECODE_CONFIGS = {  # the inline router runs in every kernel-1 program, slow in the interpreter: default blocks only
+    "baseline": BASELINE,
+    "default": DecodeConfig(),
+    "unrolled-inline": DecodeConfig(router="inline"),
+    "unrolled-argmax-small": DecodeConfig(pick="argmax", block_i=2, block_h=16, block_out=2, block_inner=16,
+                                          warps_router=4),
+    "tile-routerkernel-small": DecodeConfig(router="kernel", gate_up="tile", down="tile", block_h=16, tile_down=64),
+}
+DECODE_SHAPES = [(8, 2, 48, 20), (64, 8, 64, 24), (64, 10, 40, 24)]  # (E, top_k, H, I); H, I not powers of 2 too
+DECODE_ROUTES = [("random", True), ("ties", True), ("ties", False), ("cold", False)]
+ROUTE_IDS = [f"{mode}-{'renorm' if renorm else 'fullsoftmax'}" for mode, renorm in DECODE_ROUTES]
+
+
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("mode,renorm", DECODE_ROUTES, ids=ROUTE_IDS)
+@pytest.mark.parametrize("E,top_k,H,I", DECODE_SHAPES, ids=[f"E{e}-k{k}-H{h}-I{i}" for e, k, h, i in DECODE_SHAPES])
+@pytest.mark.parametrize("cfg", DECODE_CONFIGS.values(), ids=DECODE_CONFIGS.keys())
+def test_decode_configs_interpreted(cfg, E, top_k, H, I, mode, renorm, dtype, poisoned):
+    """Every decode design (the measured baseline, the new kernels, the router kernel, blocks smaller than
+    H and I so that the steps and masks run) against float64."""
+    x = torch.randn(1, H).to(dtype)
+    logits = make_logits(1, E, mode, dtype, "cpu")
+    gate_up, down = make_weights(E, H, I, dtype, "cpu")
+    got = op.moe_triton(x, logits, gate_up, down, top_k, renorm, decode_cfg=cfg)
+    check(got, x, logits, gate_up, down, top_k, renorm, mode)
+
+
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("cfg", DECODE_CONFIGS.values(), ids=DECODE_CONFIGS.keys())
+def test_decode_shared_configs_interpreted(cfg, dtype, poisoned):
+    """The fused shared expert in every decode design; S differs from I and is not a power of 2."""
+    E, H, I, S, k = 16, 48, 32, 40, 4
+    x = torch.randn(1, H).to(dtype)
+    router_shared = torch.randn(1, E + 2 * S + 1).to(dtype)
+    gate_up, down = make_weights(E, H, I, dtype, "cpu")
+    shared_down = (torch.randn(H, S) * S**-0.5).to(dtype)
+    got = op.moe_shared_triton(x, router_shared, gate_up, down, shared_down, k, False, decode_cfg=cfg)
+    want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, False)
+    assert got.dtype == dtype and not got.isnan().any()
+    assert (got.double() - want).abs().max().item() <= TOL[dtype] * want.abs().max().item()
+
+
+ROUTE_CASES = [(10, 1), (10, 10), (64, 8), (300, 10), (512, 10)]  # (E, top_k)
+
+
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("renorm", [True, False], ids=["renorm", "fullsoftmax"])
+@pytest.mark.parametrize("mode", ["random", "ties", "signed-zeros-and-inf"])
+@pytest.mark.parametrize("E,top_k", ROUTE_CASES, ids=[f"E{e}-k{k}" for e, k in ROUTE_CASES])
+def test_packed_top_k_equals_argmax_rounds_interpreted(E, top_k, mode, renorm, poisoned):
+    """The router kernel's two top-k methods give the same ids and the same weights, bit for bit, and the ids
+    are the float64 reference's (ties to the lower index; -0.0 ties with +0.0; -inf logits last)."""
+    if mode == "signed-zeros-and-inf":
+        logits = torch.tensor([0.0, -0.0, float("-inf"), 1.0, -1.0] * (E // 5 + 1))[:E].reshape(1, E)
+        logits[0, -1] = -0.0
+    else:
+        logits = make_logits(1, E, mode, torch.float32, "cpu")
+    got = {}
+    for pick in ("argmax", "packed"):
+        ids = torch.empty(top_k, dtype=torch.int32)
+        weights = torch.empty(top_k, dtype=torch.float32)
+        decode_route(logits, ids, weights, top_k, renorm, DecodeConfig(router="kernel", pick=pick))
+        got[pick] = ids, weights
+    if top_k <= logits.isfinite().sum():  # else `route_row` repeats its first pick for the -inf slots
+        assert torch.equal(got["packed"][0], got["argmax"][0])
+        assert torch.equal(got["packed"][1], got["argmax"][1])
+    want_w, want_ids = reference.route_stable(logits.double(), top_k, renorm)
+    assert got["packed"][0].tolist() == want_ids[0].tolist()
+    torch.testing.assert_close(got["packed"][1].double(), want_w[0], rtol=1e-6, atol=1e-7)
 
 
 GROUP_CASES = [(1, 8, 2, 16), (9, 6, 2, 4), (65, 64, 8, 16), (63, 512, 10, 128), (333, 16, 4, 128)]

@@ -1,9 +1,17 @@
-"""One-token MoE: two fused mat-vec kernels that read the selected experts' weights in place, by index.
+"""One-token MoE: fused mat-vec kernels that read the selected experts' weights in place, by index.
 
-Kernel 1, grid (top_k, I / BLOCK_I): routes the token (every program recomputes the tiny router, so no
-extra launch), then h[slot] = silu(gate_e x) * (up_e x) for its slice of rows of expert e = ids[slot].
-Kernel 2, grid (H / BLOCK_OUT): y = sum_slot w_slot * down_e h[slot] for its slice of output rows, plus
-optionally the shared expert sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed.
+Kernel 1 computes h[slot] = silu(gate_e x) * (up_e x) for a slice of rows of expert e = ids[slot]; kernel 2
+y = sum_slot w_slot * down_e h[slot] for a slice of output rows, plus optionally the shared expert
+sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed. `DecodeConfig` selects:
+- router "inline": every kernel-1 program routes the token itself (no extra launch; it writes ids/weights
+  for kernel 2 from program 0); "kernel": one routing program runs first and kernel 1 reads its slot's id.
+- pick "argmax": three block-wide reductions per selected expert (`route_row`); "packed": one (`route_row_packed`).
+- gate_up / down "tile": the kernels of runs 1-3 (kernel 1 on a (slot, row block) grid with [BLOCK_I, BLOCK_H]
+  accumulators walked by a loop; kernel 2 one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step, the shared
+  expert's rows in a second loop); "unrolled": the column steps unrolled, so that no weight load waits on the
+  math of another step, x / h loaded without a trip through shared memory, and in kernel 2 the shared expert's
+  rows loaded beside the routed ones.
+`BASELINE` is the design measured in runs 1-3; scripts/sass_moe_decode.py shows the kernels' SASS load order.
 """
 
 from __future__ import annotations
@@ -15,17 +23,86 @@ import triton
 import triton.language as tl
 
 from .launch import launch, next_pow2
-from .route import route_row
+from .route import route_row, route_row_packed
+
+CHOICES = {"router": ("inline", "kernel"), "pick": ("argmax", "packed"), "gate_up": ("tile", "unrolled"),
+           "down": ("tile", "unrolled")}
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
+    """The defaults are the expected fastest, not yet measured on a GPU; `BASELINE` is the measured design."""
+
+    router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
+    pick: str = "packed"
+    gate_up: str = "unrolled"
+    down: str = "unrolled"
     block_i: int = 4  # gate/up rows per program (of each of gate and up)
-    block_h: int = 2048  # columns per step of the gate/up mat-vec (all of H at Qwen3.5/Qwen3-Next shapes)
+    block_h: int = 512  # columns per step of the gate/up mat-vec
     block_out: int = 4  # output rows per program of the down mat-vec
-    tile_down: int = 16384  # elements per step of the down mat-vec: k_p2 * block_out * block_inner
-    warps_gate_up: int = 8
+    block_inner: int = 512  # "unrolled" down: columns per step (per slot)
+    tile_down: int = 16384  # "tile" down: elements per step, k_p2 * block_out * block_inner
+    warps_gate_up: int = 4
     warps_down: int = 8
+    warps_router: int = 1  # "kernel" router: one warp reduces with shuffles alone, no shared-memory rounds
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DecodeConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+BASELINE = DecodeConfig(router="inline", pick="argmax", gate_up="tile", down="tile", block_i=4, block_h=2048,
+                        block_out=4, tile_down=16384, warps_gate_up=8, warps_down=8)
+
+
+@triton.jit
+def route_one(logits_ptr, col_stride, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
+              K_P2: tl.constexpr, RENORM: tl.constexpr, PACKED: tl.constexpr):
+    """The token's ids [K_P2] int32 and weights [K_P2] float32, by either top-k method."""
+    if PACKED:
+        ids, top = route_row_packed(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
+    else:
+        ids, top = route_row(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
+    return ids, top
+
+
+@triton.jit
+def decode_route_kernel(
+    logits_ptr,
+    col_stride,
+    ids_ptr,
+    weights_ptr,
+    E: tl.constexpr,
+    E_P2: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
+    RENORM: tl.constexpr,
+    PACKED: tl.constexpr,
+):
+    """One program: ids [TOP_K] int32, weights [TOP_K] float32 for the gate/up and down kernels."""
+    ids, top = route_one(logits_ptr, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
+    slots = tl.arange(0, K_P2)
+    tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
+    tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
+
+
+@triton.jit
+def slot_expert(slot, writer, logits_ptr, logits_col_stride, ids_ptr, weights_ptr, E: tl.constexpr,
+                E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr,
+                ROUTE: tl.constexpr, PACKED: tl.constexpr):
+    """Expert id (int64) of `slot`: routed here when ROUTE (the `writer` program stores ids/weights for
+    kernel 2), else one load of the router kernel's output."""
+    if ROUTE:
+        ids, top = route_one(logits_ptr, logits_col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
+        slots = tl.arange(0, K_P2)
+        if writer:
+            tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
+            tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
+        e = tl.sum(tl.where(slots == slot, ids, 0), 0)
+    else:
+        e = tl.load(ids_ptr + slot)
+    return e.to(tl.int64)
 
 
 @triton.jit
@@ -44,17 +121,16 @@ def decode_gate_up_kernel(
     TOP_K: tl.constexpr,
     K_P2: tl.constexpr,
     RENORM: tl.constexpr,
+    ROUTE: tl.constexpr,
+    PACKED: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
+    """The "tile" kernel 1: grid (TOP_K, I / BLOCK_I), [BLOCK_I, BLOCK_H] accumulators, H walked by a loop."""
     slot = tl.program_id(0)
     pid_i = tl.program_id(1)
-    ids, top = route_row(logits_ptr, 0, logits_col_stride, E, E_P2, TOP_K, K_P2, RENORM)
-    slots = tl.arange(0, K_P2)
-    if (slot == 0) & (pid_i == 0):
-        tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
-        tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
-    e = tl.sum(tl.where(slots == slot, ids, 0), 0).to(tl.int64)
+    e = slot_expert(slot, (slot == 0) & (pid_i == 0), logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
+                    E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PACKED)
     rows = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     row_ok = rows < I
     gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
@@ -69,6 +145,55 @@ def decode_gate_up_kernel(
         u = tl.load(gate_ptrs + I * H + cols[None, :], mask=ok, other=0.0)
         acc_g += g.to(tl.float32) * xv[None, :]
         acc_u += u.to(tl.float32) * xv[None, :]
+    g = tl.sum(acc_g, 1)
+    u = tl.sum(acc_u, 1)
+    tl.store(h_ptr + slot * I + rows, g * tl.sigmoid(g) * u, mask=row_ok)
+
+
+@triton.jit
+def gate_up_unrolled_kernel(
+    x_ptr,
+    logits_ptr,
+    logits_col_stride,
+    w_ptr,
+    h_ptr,
+    ids_ptr,
+    weights_ptr,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    E: tl.constexpr,
+    E_P2: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
+    RENORM: tl.constexpr,
+    ROUTE: tl.constexpr,
+    PACKED: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """The "unrolled" kernel 1: a flat grid of TOP_K * cdiv(I, BLOCK_I) programs, slot-major (neighbouring
+    programs read neighbouring rows); BLOCK_I rows of gate and the same rows of up, the H steps unrolled so
+    that all of the program's weight loads can be in flight at once, one step's [BLOCK_I, BLOCK_H] accumulators."""
+    n_blocks: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I
+    pid = tl.program_id(0)
+    slot = pid // n_blocks
+    e = slot_expert(slot, pid == 0, logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
+                    E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PACKED)
+    rows = (pid % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+    row_ok = rows < I
+    gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
+    acc_g = tl.zeros([BLOCK_I, BLOCK_H], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_I, BLOCK_H], dtype=tl.float32)
+    for h0 in tl.static_range(0, H, BLOCK_H):
+        cols = h0 + tl.arange(0, BLOCK_H)
+        col_ok = cols < H
+        ok = row_ok[:, None] & col_ok[None, :]
+        g = tl.load(gate_ptrs + cols[None, :], mask=ok, other=0.0, eviction_policy="evict_first")
+        u = tl.load(gate_ptrs + I * H + cols[None, :], mask=ok, other=0.0, eviction_policy="evict_first")
+        # x in the tile's shape (L1 hits): a [BLOCK_H] load goes through shared memory behind a barrier per step
+        xv = tl.load(x_ptr + tl.broadcast_to(cols[None, :], [BLOCK_I, BLOCK_H]), mask=ok, other=0.0)
+        acc_g += g.to(tl.float32) * xv.to(tl.float32)
+        acc_u += u.to(tl.float32) * xv.to(tl.float32)
     g = tl.sum(acc_g, 1)
     u = tl.sum(acc_u, 1)
     tl.store(h_ptr + slot * I + rows, g * tl.sigmoid(g) * u, mask=row_ok)
@@ -94,7 +219,7 @@ def decode_down_kernel(
     BLOCK_OUT: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
 ):
-    """All slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load, so no load waits on another."""
+    """The "tile" kernel 2: all slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step."""
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
     slots = tl.arange(0, K_P2)
@@ -126,6 +251,58 @@ def decode_down_kernel(
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
+@triton.jit
+def down_unrolled_kernel(
+    h_ptr,
+    ids_ptr,
+    weights_ptr,
+    down_ptr,
+    out_ptr,
+    shared_act_ptr,
+    shared_act_stride,
+    shared_gate_ptr,
+    shared_down_ptr,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    S: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
+    HAS_SHARED: tl.constexpr,
+    BLOCK_OUT: tl.constexpr,
+    BLOCK_INNER: tl.constexpr,
+):
+    """The "unrolled" kernel 2: BLOCK_OUT output rows. Each column step (unrolled) issues all of its loads, the
+    routed slots' rows as one [K_P2, BLOCK_OUT, BLOCK_INNER] load and the shared expert's rows beside them,
+    before any arithmetic: ptxas keeps one load's vectors together but sinks separate loads below the math
+    that precedes them, which serialised a per-slot version. Slots are summed first (within a thread)."""
+    rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
+    row_ok = rows < H
+    slots = tl.arange(0, K_P2)
+    slot_ok = slots < TOP_K
+    e = tl.load(ids_ptr + slots, mask=slot_ok, other=0).to(tl.int64)  # [K_P2]
+    w = tl.load(weights_ptr + slots, mask=slot_ok, other=0.0)  # [K_P2]
+    row_base = e[:, None, None] * (H * I) + rows[None, :, None] * I  # [K_P2, BLOCK_OUT, 1]
+    row_mask = slot_ok[:, None, None] & row_ok[None, :, None]
+    if HAS_SHARED:
+        gate = tl.sigmoid(tl.load(shared_gate_ptr).to(tl.float32))
+    acc = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
+    for i0 in tl.static_range(0, max(I, S) if HAS_SHARED else I, BLOCK_INNER):
+        cols = i0 + tl.arange(0, BLOCK_INNER)
+        col_ok = cols < I
+        d = tl.load(down_ptr + row_base + cols[None, None, :], mask=row_mask & col_ok[None, None, :], other=0.0,
+                    eviction_policy="evict_first")  # [K_P2, BLOCK_OUT, BLOCK_INNER]
+        hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
+        if HAS_SHARED:
+            s_ok = cols < S
+            sd = tl.load(shared_down_ptr + rows[:, None] * S + cols[None, :], mask=row_ok[:, None] & s_ok[None, :],
+                         other=0.0, eviction_policy="evict_first")  # [BLOCK_OUT, BLOCK_INNER]
+            g = tl.load(shared_act_ptr + cols * shared_act_stride, mask=s_ok, other=0.0).to(tl.float32)
+            u = tl.load(shared_act_ptr + (S + cols) * shared_act_stride, mask=s_ok, other=0.0).to(tl.float32)
+            acc += sd.to(tl.float32) * (gate * g * tl.sigmoid(g) * u)[None, :]
+        acc += tl.sum(d.to(tl.float32) * (hv * w[:, None])[:, None, :], 0)
+    tl.store(out_ptr + rows, tl.sum(acc, 1).to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
 def moe_decode(
     x: torch.Tensor,
     router_logits: torch.Tensor,
@@ -142,19 +319,36 @@ def moe_decode(
     return decode_down(h, ids, weights, down, torch.empty_like(x), shared, cfg)
 
 
+def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg: DecodeConfig) -> None:
+    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32."""
+    E = router_logits.shape[1]
+    launch(decode_route_kernel)[(1,)](
+        router_logits, router_logits.stride(1), ids, weights,
+        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
+        PACKED=cfg.pick == "packed", num_warps=cfg.warps_router,
+    )
+
+
 def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg: DecodeConfig):
-    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32."""
+    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32 (routing included)."""
     E, I2, H = gate_up.shape
     I = I2 // 2
     h = torch.empty((top_k, I), device=x.device, dtype=torch.float32)
     ids = torch.empty((top_k,), device=x.device, dtype=torch.int32)
     weights = torch.empty((top_k,), device=x.device, dtype=torch.float32)
+    inline = cfg.router == "inline"
+    if not inline:
+        decode_route(router_logits, ids, weights, top_k, renormalize, cfg)
     block_i = min(cfg.block_i, next_pow2(I))
     block_h = min(cfg.block_h, next_pow2(H))
-    launch(decode_gate_up_kernel)[(top_k, triton.cdiv(I, block_i))](
+    if cfg.gate_up == "tile":
+        kernel, grid = decode_gate_up_kernel, (top_k, triton.cdiv(I, block_i))
+    else:
+        kernel, grid = gate_up_unrolled_kernel, (top_k * triton.cdiv(I, block_i),)
+    launch(kernel)[grid](
         x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
         H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-        BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
+        ROUTE=inline, PACKED=cfg.pick == "packed", BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
     )
     return h, ids, weights
 
@@ -169,11 +363,17 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig) -> torch.
         act, gate, s_down = shared
         S = s_down.shape[1]
     block_out = min(cfg.block_out, next_pow2(H))
-    k_p2 = next_pow2(top_k)
-    block_inner = max(16, min(next_pow2(max(I, S)), cfg.tile_down // (k_p2 * block_out)))
-    launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
-        h, ids, weights, down, out, act, act.stride(-1), gate, s_down,
-        H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2, HAS_SHARED=shared is not None,
-        BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down,
-    )
+    args = (h, ids, weights, down, out, act, act.stride(-1), gate, s_down)
+    if cfg.down == "tile":
+        k_p2 = next_pow2(top_k)
+        block_inner = max(16, min(next_pow2(max(I, S)), cfg.tile_down // (k_p2 * block_out)))
+        launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
+            *args, H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2, HAS_SHARED=shared is not None,
+            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down,
+        )
+    else:
+        launch(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](
+            *args, H=H, I=I, S=S, TOP_K=top_k, K_P2=next_pow2(top_k), HAS_SHARED=shared is not None,
+            BLOCK_OUT=block_out, BLOCK_INNER=min(cfg.block_inner, next_pow2(max(I, S))), num_warps=cfg.warps_down,
+        )
     return out

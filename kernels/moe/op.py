@@ -14,18 +14,25 @@ from torch.library import triton_op
 
 from .. import require_package_import
 from . import reference
-from .decode import moe_decode
+from .decode import DecodeConfig, moe_decode
 from .prefill import moe_prefill
 
 require_package_import(__name__)
 
 
 def moe_triton(
-    x: torch.Tensor, router_logits: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int, renormalize: bool
+    x: torch.Tensor,
+    router_logits: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+    decode_cfg: DecodeConfig = DecodeConfig(),
 ) -> torch.Tensor:
-    """The Triton implementation (also what the CPU tests run under TRITON_INTERPRET=1)."""
+    """The Triton implementation (also what the CPU tests run under TRITON_INTERPRET=1); `decode_cfg` lets
+    the tests and the benchmark pick the T == 1 kernels, the ops take the default."""
     if statically_known_true(x.shape[0] == 1):
-        return moe_decode(x, router_logits, gate_up, down, top_k, renormalize)
+        return moe_decode(x, router_logits, gate_up, down, top_k, renormalize, cfg=decode_cfg)
     return moe_prefill(x, router_logits, gate_up, down, top_k, renormalize)
 
 
@@ -37,13 +44,14 @@ def moe_shared_triton(
     shared_down: torch.Tensor,
     top_k: int,
     renormalize: bool,
+    decode_cfg: DecodeConfig = DecodeConfig(),
 ) -> torch.Tensor:
     """router_shared [T, E + 2S + 1] = [router logits | shared gate | shared up | shared gate logit];
     shared_down [H, S]. Decode fuses the shared expert into the down kernel."""
     E, S = gate_up.shape[0], shared_down.shape[1]
     logits, act, gate = router_shared[:, :E], router_shared[:, E : E + 2 * S], router_shared[:, E + 2 * S :]
     if statically_known_true(x.shape[0] == 1):
-        return moe_decode(x, logits, gate_up, down, top_k, renormalize, shared=(act, gate, shared_down))
+        return moe_decode(x, logits, gate_up, down, top_k, renormalize, shared=(act, gate, shared_down), cfg=decode_cfg)
     routed = moe_prefill(x, logits, gate_up, down, top_k, renormalize)
     return routed + reference.shared_expert(act, gate, shared_down)
 

@@ -59,3 +59,53 @@ def route_kernel(
     slots = tl.arange(0, K_P2)
     tl.store(ids_ptr + t * TOP_K + slots, ids, mask=slots < TOP_K)
     tl.store(weights_ptr + t * TOP_K + slots, top, mask=slots < TOP_K)
+
+
+@triton.jit
+def route_row_packed(
+    logits_ptr,
+    row_offset,
+    col_stride,
+    E: tl.constexpr,
+    E_P2: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
+    RENORM: tl.constexpr,
+):
+    """`route_row` with one reduction per pick instead of three: the max of int64 keys (logit order in the
+    high half, E_P2 - 1 - index in the low half) names the best logit and, among equal ones, the lowest
+    index; the pick's probability is recomputed from the logit in the key. Same ids and weights."""
+    offs = tl.arange(0, E_P2)
+    valid = offs < E
+    logit = tl.load(logits_ptr + row_offset + offs * col_stride, mask=valid, other=float("-inf")).to(tl.float32)
+    mx = tl.max(logit, 0)
+    prob = tl.where(valid, tl.exp(logit - mx), 0.0)  # unnormalised softmax
+    key = (ordered_bits(logit).to(tl.int64) << 32) | (E_P2 - 1 - offs).to(tl.int64)  # [E_P2], all distinct
+    slots = tl.arange(0, K_P2)
+    ids = tl.zeros([K_P2], dtype=tl.int32)
+    top = tl.zeros([K_P2], dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        best = tl.max(key, 0)
+        pick = E_P2 - 1 - (best & 0xFFFFFFFF).to(tl.int32)
+        p = tl.where(pick < E, tl.exp(float_of_ordered((best >> 32).to(tl.int32)) - mx), 0.0)
+        ids = tl.where(slots == j, tl.minimum(pick, E - 1), ids)  # pick >= E: every real logit is taken
+        top = tl.where(slots == j, p, top)
+        key = tl.where(offs == pick, -(2**63), key)
+    if RENORM:
+        top = top / tl.sum(top, 0)
+    else:
+        top = top / tl.sum(prob, 0)
+    return ids, top
+
+
+@triton.jit
+def ordered_bits(v):
+    """float32 -> int32 with the same order (-0.0 first made +0.0, so that it ties with +0.0)."""
+    bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def float_of_ordered(k):
+    """The inverse of `ordered_bits`."""
+    return tl.where(k < 0, k ^ 0x7FFFFFFF, k).to(tl.float32, bitcast=True)

@@ -1,0 +1,112 @@
+"""The decode MoE kernels compiled for sm_90 without a GPU (Triton's bundled ptxas): registers, stack, and in
+the SASS how many global loads a thread issues before its first floating-point FMA (loads that can be in
+flight together) and how many block barriers it crosses. Static facts only, no timing; Qwen3.5-35B-A3B
+shapes (H 2048, I 512, E 256, top-8, shared 512, bf16).
+
+    python scripts/sass_moe_decode.py [--dump DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from gdn.kernels.moe import decode as D
+
+H, I, E, K, S = 2048, 512, 256, 8, 512
+TARGET = GPUTarget("cuda", 90, 32)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+GATE_UP_ARGS = {"x_ptr": "*bf16", "logits_ptr": "*bf16", "logits_col_stride": "i32", "w_ptr": "*bf16",
+                "h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32"}
+DOWN_ARGS = {"h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32", "down_ptr": "*bf16", "out_ptr": "*bf16",
+             "shared_act_ptr": "*bf16", "shared_act_stride": "constexpr", "shared_gate_ptr": "*bf16",
+             "shared_down_ptr": "*bf16"}
+ROUTE_ARGS = {"logits_ptr": "*bf16", "col_stride": "constexpr", "ids_ptr": "*i32", "weights_ptr": "*fp32"}
+
+
+def compile_sm90(fn, args: dict, consts: dict, warps: int) -> tuple[bytes, str]:
+    """-> cubin, SASS. Pointers 16-byte aligned and unit strides constant, as Triton specialises them."""
+    sig = {**args, **{name: "constexpr" for name in consts}}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(sig.values()) if t.startswith("*")}
+    stride_consts = {name: 1 for name, t in args.items() if t == "constexpr"}
+    src = ASTSource(fn, sig, constexprs={**stride_consts, **consts}, attrs=attrs)
+    cubin = triton.compile(src, target=TARGET, options={"num_warps": warps}).asm["cubin"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([f"{BIN}/nvdisasm", "-c", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([f"{BIN}/cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    return usage, sass
+
+
+def summary(usage: str, sass: str) -> str:
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9.]*)", sass, re.M)
+    first_fma = next((i for i, op in enumerate(ops) if op.startswith("FFMA")), len(ops))
+    wide = sum(op.startswith("LDG") and op.endswith(".128") for op in ops)
+    early = sum(op.startswith("LDG") and op.endswith(".128") for op in ops[:first_fma])
+    bars = sum(op.startswith("BAR") for op in ops)
+    bars_before = sum(op.startswith("BAR") for op in ops[:first_fma])
+    return (f"{regs:>3} regs, stack {stack}, 128-bit loads {early:>2} of {wide:>2} before the first FFMA, "
+            f"barriers {bars_before:>2} before it / {bars:>2} in all")
+
+
+def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
+    fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
+    consts = dict(H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, ROUTE=cfg.router == "inline",
+                  PACKED=cfg.pick == "packed", BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
+    return compile_sm90(fn, GATE_UP_ARGS, consts, cfg.warps_gate_up)
+
+
+def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
+    consts = dict(H=H, I=I, S=S, TOP_K=K, HAS_SHARED=shared, BLOCK_OUT=cfg.block_out)
+    if cfg.down == "tile":
+        inner = max(16, min(I, cfg.tile_down // (K * cfg.block_out)))
+        return compile_sm90(D.decode_down_kernel, DOWN_ARGS, {**consts, "K_P2": K, "BLOCK_INNER": inner}, cfg.warps_down)
+    return compile_sm90(D.down_unrolled_kernel, DOWN_ARGS, {**consts, "K_P2": K, "BLOCK_INNER": cfg.block_inner},
+                        cfg.warps_down)
+
+
+def route(cfg: D.DecodeConfig) -> tuple[str, str]:
+    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PACKED=cfg.pick == "packed")
+    return compile_sm90(D.decode_route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
+
+
+def cases():
+    base, new = D.BASELINE, D.DecodeConfig()
+    yield "router kernel, argmax, 1 warp", route(replace(new, pick="argmax"))
+    yield "router kernel, packed, 1 warp", route(new)
+    yield "baseline kernel 1 (tile, inline argmax router)", gate_up(base)
+    yield "unrolled kernel 1, inline packed router", gate_up(replace(new, router="inline"))
+    yield "default kernel 1 (unrolled, id from the router kernel)", gate_up(new)
+    yield "baseline kernel 2 (tile), routed", down(base, False)
+    yield "baseline kernel 2 (tile), + shared", down(base, True)
+    yield "default kernel 2 (unrolled), routed", down(new, False)
+    yield "default kernel 2 (unrolled), + shared", down(new, True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dump", help="also write each kernel's SASS into this directory")
+    args = p.parse_args()
+    for i, (name, (usage, sass)) in enumerate(cases()):
+        print(f"{name:<55} {summary(usage, sass)}")
+        if args.dump:
+            os.makedirs(args.dump, exist_ok=True)
+            with open(os.path.join(args.dump, f"{i}.sass"), "w") as f:
+                f.write(f"// {name}\n{sass}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
