@@ -11,13 +11,17 @@ Split path (default):
    then S <- S exp(G_last) + (k ks)^T v_new: two dots per chunk, k read as given (no norm, no rounding
    of a decayed copy). The state is read once and written once.
 3. `_output_kernel`, grid (NT, Hv, V / BVO), fully parallel:
-   o = (q exp(G)) h + causal(q k^T exp(G_i - G_j)) v_new.
+   o = (q exp(G)) h + causal(q k^T exp(G_i - G_j)) v_new, with q and k as given in q k^T and q h and
+   their norms applied to the products.
 Two-kernel path (`split=False`, kept for A/B timing): `_scan_kernel`, grid (V / BV, Hv), does 2 and 3 in
 one sequential walk over the chunks (five dots per chunk).
-Dots on float32 inputs use IEEE float32; on 16-bit inputs, TF32 (`PREC`).
+Dots on float32 inputs use IEEE float32; on 16-bit inputs, TF32 (`PREC`), except the output pass's q k^T
+and q h, whose operands are all in the input dtype (16-bit dots: exact products, as TF32 would give).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -28,11 +32,25 @@ from .launch import check_heads, dense, launcher
 CHUNK = 64
 STATE_BV = 16  # V tile of the state pass: V / 16 x Hv = 256 sequential programs at V = 128, Hv = 32
 OUTPUT_BV = 64  # V tile of the output pass; each V tile recomputes q k^T
+# compiled for sm_90 (no GPU run yet), bf16, K = V = 128: 8 warps use 249 registers and spill nothing,
+# 4 warps 255 registers and 384 B of spills
+OUTPUT_WARPS = 8
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
 def _l2norm_rows(x):
     return x * tl.rsqrt(tl.sum(x * x, 1) + 1e-6)[:, None]
+
+
+@triton.jit
+def _dot_inputs(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b on operands in the input dtype: 16-bit dots multiply them exactly (as TF32 would, at half the
+    shared memory). UPCAST (interpreter only) goes through float32: Triton 3.6's interpreter multiplies bf16
+    operands wrongly (its matmul runs on their raw bits)."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -169,14 +187,15 @@ def _state_kernel(
         tl.store(h_head + i_t * K * V + tile, s.to(h_ptr.dtype.element_ty), mask=s_mask)
         w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0).to(tl.float32)
         kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0).to(tl.float32)
-        kd = kt * tl.load(ks_ptr + i_h * T + rows, mask=live, other=0.0)[:, None]  # [BT, BK]: k exp(G_last - G) / |k|
+        ks = tl.load(ks_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G_last - G) / |k|
         u_offs = (i_h * T + rows[:, None]) * V + cv[None, :]  # [BT, BV]
         u = tl.load(u_ptr + u_offs, mask=vm, other=0.0).to(tl.float32)
         v_new = u - tl.dot(w, s, input_precision=PREC)  # [BT, BV]
         # v_new replaces u: each element of u is read by this program only, just above
         tl.store(u_ptr + u_offs, v_new.to(u_ptr.dtype.element_ty), mask=vm)
         g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
-        s = s * tl.exp(g_last) + tl.dot(tl.trans(kd), v_new, input_precision=PREC)
+        # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (a 16-bit input) exact in TF32
+        s = s * tl.exp(g_last) + tl.dot(tl.trans(kt), v_new * ks[:, None], input_precision=PREC)
     tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
 
 
@@ -185,7 +204,7 @@ def _output_kernel(
     q_ptr, k_ptr, vn_ptr, gc_ptr, h_ptr, o_ptr, T, NT,
     s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -199,20 +218,22 @@ def _output_kernel(
     live = rows < T
     km = live[:, None] & kin[None, :]
     vm = live[:, None] & vin[None, :]
-    qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)
-    qt = _l2norm_rows(qt.to(tl.float32)) * (K ** -0.5)  # [BT, BK]
+    # q and k enter the dots as given (16-bit dots multiply them exactly); norms and decay scale the products
+    qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)  # [BT, BK]
     kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
-    kt = _l2norm_rows(kt.to(tl.float32))
+    qf, kf = qt.to(tl.float32), kt.to(tl.float32)
+    rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * (K ** -0.5)  # [BT], as _l2norm_rows
+    rk = tl.rsqrt(tl.sum(kf * kf, 1) + 1e-6)
     g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
     # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
     G = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
     h_offs = (i_h.to(tl.int64) * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
-    h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(tl.float32)
+    h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(q_ptr.dtype.element_ty)
     v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
     causal = ri[:, None] >= ri[None, :]
-    qk = tl.dot(qt, tl.trans(kt), input_precision=PREC)  # [BT, BT]
+    qk = _dot_inputs(qt, tl.trans(kt), PREC, UPCAST) * rq[:, None] * rk[None, :]  # [BT, BT]
     qk = tl.where(causal, qk * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
-    o = tl.dot(qt * tl.exp(G)[:, None], h, input_precision=PREC) + tl.dot(qk, v_new, input_precision=PREC)
+    o = _dot_inputs(qt, h, PREC, UPCAST) * (rq * tl.exp(G))[:, None] + tl.dot(qk, v_new, input_precision=PREC)
     tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
 
 
@@ -269,8 +290,8 @@ def chunk_gated_delta_rule(
         launcher(_output_kernel)[(NT, Hv, (V + BVO - 1) // BVO)](
             q, k, u, gc, h, o, T, NT,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
-            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BVO, PREC=prec,
-            num_warps=4,
+            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BVO, PREC=prec, UPCAST=INTERPRETED,
+            num_warps=OUTPUT_WARPS,
         )
         return o
     BV = block_v or min(PV, 32)
