@@ -2,7 +2,8 @@
 
 - decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes: us/call, bytes, GB/s against a
   device-to-device copy of the same bytes measured here; states rotate through more memory than L2 holds.
-- chunked prefill at T = 1024, 4096, 8192 beside FLA's chunk_gated_delta_rule (if importable), per-kernel split.
+- chunked prefill at T = 1024, 4096, 8192, both paths (split at state-pass BV 16 and 32, two-kernel) beside
+  FLA's chunk_gated_delta_rule (if importable), each with its per-kernel split.
 - causal conv1d: us/call, decode and prefill.
 
 Usage: python scripts/bench_gdn.py [--json out.json]
@@ -11,6 +12,7 @@ Usage: python scripts/bench_gdn.py [--json out.json]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -155,7 +157,30 @@ def kernel_split(fn) -> str:
     return "; ".join(parts)
 
 
+PREFILL_PATHS = (  # row label, result-key slug, keywords of triton_chunk.chunk_gated_delta_rule, module settings
+    ("split BV=16", "split_bv16", dict(split=True, block_v=16), {}),
+    ("split BV=32", "split_bv32", dict(split=True, block_v=32), {}),
+    ("split BV=16 out-warps=4", "split_bv16_ow4", dict(split=True, block_v=16), dict(OUTPUT_WARPS=4)),
+    ("two-kernel", "two_kernel", dict(split=False), {}),
+)
+
+
+@contextlib.contextmanager
+def module_settings(module, **values):
+    old = {name: getattr(module, name) for name in values}
+    for name, value in values.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(module, name, value)
+
+
 def bench_prefill(rows: list, results: dict) -> None:
+    """Both prefill paths side by side (split: state pass + parallel output pass, the default, at two
+    state-pass V tiles and two output-pass warp counts; two-kernel: the sequential scan), each with its
+    per-kernel profiler split."""
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
     except Exception as e:  # noqa: BLE001  (FLA is optional here; say why it is missing)
@@ -165,12 +190,33 @@ def bench_prefill(rows: list, results: dict) -> None:
     for T in (1024, 4096, 8192):
         for dtype in (torch.bfloat16, torch.float32) if T == 8192 else (torch.bfloat16,):
             x = prefill_inputs(T, dtype)
-            s = x["state"].clone()
-            ours = lambda: triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s, reset)
-            ms = timed(ours, reps=9, inner=2) / 1e3
             tag = "bf16" if dtype == torch.bfloat16 else "fp32"
-            results[f"prefill_T{T}_{tag}_ms"] = ms
-            rows.append((f"prefill ours T={T} {tag}", f"{ms:.3f} ms", kernel_split(ours)))
+            times, gtimes, finals = {}, {}, {}
+            for label, slug, kw, settings in PREFILL_PATHS:
+                s = x["state"].clone()
+                ours = lambda kw=kw, s=s: triton_chunk.chunk_gated_delta_rule(
+                    x["q"], x["k"], x["v"], x["g"], x["beta"], s, reset, **kw
+                )
+                with module_settings(triton_chunk, **settings):
+                    ms = timed(ours, reps=9, inner=2) / 1e3
+                    # graphed: GPU time without the ~0.2 ms of Python per wrap_triton launch (split launches 3)
+                    gms = timed(graphed(lambda i: ours(), 4), reps=9, inner=1) / 4 / 1e3
+                    split_line = kernel_split(ours)
+                    s1 = x["state"].clone()
+                    o1 = triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s1, reset, **kw)
+                finals[slug] = (o1, s1)
+                times[slug], gtimes[slug] = ms, gms
+                results[f"prefill_T{T}_{tag}_{slug}_ms"] = ms
+                results[f"prefill_T{T}_{tag}_{slug}_graphed_ms"] = gms
+                rows.append((f"prefill ours {label} T={T} {tag}", f"{ms:.3f} ms",
+                             f"graphed {gms:.3f} ms; kernels {split_line}"))
+            (o_new, s_new), (o_old, s_old) = finals["split_bv16"], finals["two_kernel"]
+            rel = ((o_new.float() - o_old.float()).norm() / o_old.float().norm()).item()
+            srel = ((s_new - s_old).norm() / s_old.norm()).item()
+            ratio = gtimes["split_bv16"] / gtimes["two_kernel"]
+            rows.append((f"  split BV=16 / two-kernel T={T} {tag}", f"{ratio:.2f}x",
+                         f"graphed (eager {times['split_bv16'] / times['two_kernel']:.2f}x); "
+                         f"rel diff o {rel:.1e} state {srel:.1e}"))
             if fla_chunk is None or dtype != torch.bfloat16:
                 continue
             with torch.no_grad():
@@ -180,12 +226,12 @@ def bench_prefill(rows: list, results: dict) -> None:
                 )
                 fms = timed(theirs, reps=9, inner=2) / 1e3
                 o_fla, s_fla = theirs()
-            s2 = x["state"].clone()
-            o = triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s2, reset)
-            rel = ((o.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
-            srel = ((s2 - s_fla.float()).norm() / s_fla.float().norm()).item()
+            rel = ((o_new.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
+            srel = ((s_new - s_fla.float()).norm() / s_fla.float().norm()).item()
             results[f"prefill_T{T}_fla_ms"] = fms
-            rows.append((f"prefill FLA  T={T} bf16", f"{fms:.3f} ms", f"ours/FLA {ms / fms:.2f}x; rel diff o {rel:.1e} state {srel:.1e}"))
+            ratios = ", ".join(f"{slug} {times[slug] / fms:.2f}x" for _, slug, _, _ in PREFILL_PATHS)
+            rows.append((f"prefill FLA  T={T} bf16", f"{fms:.3f} ms",
+                         f"ours/FLA: {ratios}; split BV=16 vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
             gate = lambda: gdr_ref.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
             rows.append((f"  gate math in PyTorch T={T}", f"{timed(gate) / 1e3:.3f} ms", "upper bound on fusing gates into the prep kernel"))
 

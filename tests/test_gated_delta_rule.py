@@ -48,6 +48,8 @@ CPU_CHUNK = (
     + [Case(T, 2, 2, 16, 32, torch.bfloat16, "zero") for T in (1, 65, 127)]
     + [Case(65, 2, 4, 8, 12, torch.float32, "rand"), Case(64, 2, 2, 32, 16, torch.float32, "zero")]
     + [Case(T, 2, 4, 48, 48, torch.float32, "zero", "aligned") for T in (64, 100)]
+    # V = 96: two output-pass V tiles, the second half masked; K = V = 128 bf16: the scratch dtypes
+    + [Case(100, 2, 4, 32, 96, torch.float32, "rand"), Case(130, 2, 4, 128, 128, torch.bfloat16, "rand", "aligned")]
 )
 GPU_CHUNK = [Case(T, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16) for T in LENGTHS + (8192,)] + [
     Case(T, 16, 16, 128, 128, dt, "zero") for dt in (torch.float32, torch.bfloat16) for T in (65, 1000)
@@ -101,10 +103,12 @@ def truth(x: dict, state: torch.Tensor | None = None):
     return ref.naive_recurrence(x["q"].double(), x["k"].double(), x["v"].double(), g, beta, s.double())
 
 
-def run_chunk(x: dict, reset: bool, state: torch.Tensor) -> torch.Tensor:
+def run_chunk(x: dict, reset: bool, state: torch.Tensor, split: bool = True) -> torch.Tensor:
     out = torch.full_like(x["v"], float("nan"))
     flag = torch.tensor([reset], device=state.device)
-    return triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out)
+    return triton_chunk.chunk_gated_delta_rule(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out, split=split
+    )
 
 
 def run_decode(x: dict, t: int, state: torch.Tensor, reset: bool = False) -> torch.Tensor:
@@ -124,19 +128,19 @@ def check(c: Case, o, state, o64, s64) -> None:
     assert rel_rms(state, s64) < tol["state"], f"state rel rms {rel_rms(state, s64):.2e}"
 
 
-def chunk_matches(c: Case, device: str) -> None:
+def chunk_matches(c: Case, device: str, split: bool = True) -> None:
     x = make(c, device)
     o64, s64 = truth(x)
     state = x["state"].clone()
-    o = run_chunk(x, False, state)
+    o = run_chunk(x, False, state, split)
     check(c, o, state, o64, s64)
 
 
-def chunk_reset_reads_zero(c: Case, device: str) -> None:
+def chunk_reset_reads_zero(c: Case, device: str, split: bool = True) -> None:
     x = make(c, device)
     o64, s64 = truth(x, torch.zeros_like(x["state"]))
     state = torch.full_like(x["state"], float("nan"))  # reset must never read it
-    o = run_chunk(x, True, state)
+    o = run_chunk(x, True, state, split)
     check(c, o, state, o64, s64)
 
 
@@ -156,27 +160,33 @@ def decode_reset_reads_zero(c: Case, device: str) -> None:
     check(c, o, state, o64, s64)
 
 
-def prefill_then_decode(c: Case, device: str, steps: int = 4) -> None:
+def prefill_then_decode(c: Case, device: str, steps: int = 4, split: bool = True) -> None:
     """Chunked prefill of T tokens, then `steps` fused decode steps: equals the token-by-token recurrence."""
     x = make(c, device, T=c.T + steps)
     o64, s64 = truth(x)
     state = x["state"].clone()
     pre = {n: (t[:, : c.T] if t.dim() >= 3 else t) for n, t in x.items() if n != "state"}
-    outs = [run_chunk(pre, False, state)]
+    outs = [run_chunk(pre, False, state, split)]
     outs += [run_decode(x, c.T + i, state) for i in range(steps)]
     check(c, torch.cat(outs, dim=1), state, o64, s64)
 
 
+# split: state pass + parallel output pass (the default); two-kernel: the sequential scan kept for A/B timing
+PATHS = pytest.mark.parametrize("split", [True, False], ids=["split", "two-kernel"])
+
+
 @interpreted
+@PATHS
 @pytest.mark.parametrize("c", params(CPU_CHUNK))
-def test_chunk_cpu(c):
-    chunk_matches(c, "cpu")
+def test_chunk_cpu(c, split):
+    chunk_matches(c, "cpu", split)
 
 
 @interpreted
+@PATHS
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand")]))
-def test_chunk_reset_cpu(c):
-    chunk_reset_reads_zero(c, "cpu")
+def test_chunk_reset_cpu(c, split):
+    chunk_reset_reads_zero(c, "cpu", split)
 
 
 @interpreted
@@ -187,9 +197,10 @@ def test_decode_cpu(c):
 
 
 @interpreted
+@PATHS
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand"), Case(2, 2, 2, 8, 12, torch.float32, "zero")]))
-def test_prefill_then_decode_cpu(c):
-    prefill_then_decode(c, "cpu")
+def test_prefill_then_decode_cpu(c, split):
+    prefill_then_decode(c, "cpu", split=split)
 
 
 def test_bad_heads_named():
@@ -206,9 +217,20 @@ def test_chunk_cuda(c):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize(
+    "c", params([Case(T, 16, 32, 128, 128, dt, "rand", keys) for dt in (torch.float32, torch.bfloat16)
+                 for T, keys in ((1000, "random"), (1000, "aligned"), (8192, "random"))])
+)
+def test_chunk_two_kernel_cuda(c):
+    """The two-kernel path (split=False), kept while it is the A/B baseline of the benchmark."""
+    chunk_matches(c, "cuda", split=False)
+
+
+@pytest.mark.cuda
+@PATHS
 @pytest.mark.parametrize("c", params([Case(127, 16, 32, 128, 128, torch.bfloat16, "rand")]))
-def test_chunk_reset_cuda(c):
-    chunk_reset_reads_zero(c, "cuda")
+def test_chunk_reset_cuda(c, split):
+    chunk_reset_reads_zero(c, "cuda", split)
 
 
 @pytest.mark.cuda

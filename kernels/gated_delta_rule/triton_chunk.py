@@ -1,16 +1,27 @@
-"""Chunked gated delta rule (prefill) in two Triton kernels.
+"""Chunked gated delta rule (prefill) in Triton.
 
 1. `_prep_kernel`, grid (chunks, Hv), fully parallel: per chunk of BT tokens, L2-norm k, the in-chunk
    cumulative log decay G, the WY matrix T = (I + strict_lower(beta k k^T * exp(G_i - G_j)))^-1 by
    forward substitution (16-row blocks, then block rows), and w = T (beta k exp(G)) [BT, K],
-   u = T (beta v) [BT, V] written to scratch.
-2. `_scan_kernel`, grid (V // BV, Hv), sequential over chunks with the state tile [K, BV] in registers:
-   v_new = u - w S; o = (q exp(G)) S + causal(q k^T exp(G_i - G_j)) v_new;
-   S <- S exp(G_last) + (k exp(G_last - G))^T v_new. The state is read once and written once.
-Dots on float32 inputs use IEEE float32; on 16-bit inputs, TF32 (`PREC`).
+   u = T (beta v) [BT, V] written to scratch; for the split path also the row scale of k
+   ks = exp(G_last - G) / |k| [BT].
+Split path (default):
+2. `_state_kernel`, grid (V / BV, Hv), sequential over chunks with the state tile [K, BV] in registers:
+   stores S (the state at the chunk start) into h [Hv, NT, K, V], v_new = u - w S over u in place,
+   then S <- S exp(G_last) + (k ks)^T v_new: two dots per chunk, k read as given (no norm, no rounding
+   of a decayed copy). The state is read once and written once.
+3. `_output_kernel`, grid (NT, Hv, V / BVO), fully parallel:
+   o = (q exp(G)) h + causal(q k^T exp(G_i - G_j)) v_new, with q and k as given in q k^T and q h and
+   their norms applied to the products.
+Two-kernel path (`split=False`, kept for A/B timing): `_scan_kernel`, grid (V / BV, Hv), does 2 and 3 in
+one sequential walk over the chunks (five dots per chunk).
+Dots on float32 inputs use IEEE float32; on 16-bit inputs, TF32 (`PREC`), except the output pass's q k^T
+and q h, whose operands are all in the input dtype (16-bit dots: exact products, as TF32 would give).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -19,11 +30,27 @@ import triton.language as tl
 from .launch import check_heads, dense, launcher
 
 CHUNK = 64
+STATE_BV = 16  # V tile of the state pass: V / 16 x Hv = 256 sequential programs at V = 128, Hv = 32
+OUTPUT_BV = 64  # V tile of the output pass; each V tile recomputes q k^T
+# compiled for sm_90 (no GPU run yet), bf16, K = V = 128: 8 warps use 249 registers and spill nothing,
+# 4 warps 255 registers and 384 B of spills
+OUTPUT_WARPS = 8
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
 def _l2norm_rows(x):
     return x * tl.rsqrt(tl.sum(x * x, 1) + 1e-6)[:, None]
+
+
+@triton.jit
+def _dot_inputs(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b on operands in the input dtype: 16-bit dots multiply them exactly (as TF32 would, at half the
+    shared memory). UPCAST (interpreter only) goes through float32: Triton 3.6's interpreter multiplies bf16
+    operands wrongly (its matmul runs on their raw bits)."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -52,10 +79,10 @@ def _unit_lower_inverse(a, ri, BT: tl.constexpr, BB: tl.constexpr, PREC: tl.cons
 
 @triton.jit(do_not_specialize=["T"])  # one binary for every prefill length
 def _prep_kernel(
-    k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, T,
+    k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, ks_ptr, T,
     s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    BB: tl.constexpr, PREC: tl.constexpr,
+    BB: tl.constexpr, PREC: tl.constexpr, STORE_KS: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -66,7 +93,9 @@ def _prep_kernel(
     ck = tl.arange(0, BK)  # K padded to a power of two >= 16 for tl.dot; padding loads zeros
     km = live[:, None] & (ck < K)[None, :]
     kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
-    kt = _l2norm_rows(kt.to(tl.float32))  # [BT, BK]
+    kt = kt.to(tl.float32)
+    rnorm = tl.rsqrt(tl.sum(kt * kt, 1) + 1e-6)  # [BT], as _l2norm_rows
+    kt = kt * rnorm[:, None]  # [BT, BK]
     g = tl.load(g_ptr + rows * s_gt + i_h * s_gh, mask=live, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + rows * s_bt + i_h * s_bh, mask=live, other=0.0).to(tl.float32)
     G = tl.cumsum(g, 0)  # [BT]
@@ -78,6 +107,10 @@ def _prep_kernel(
     inv = _unit_lower_inverse(a, ri, BT, BB, PREC)
     w = tl.dot(inv, kb * tl.exp(G)[:, None], input_precision=PREC)  # [BT, BK]
     tl.store(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], w.to(w_ptr.dtype.element_ty), mask=km)
+    if STORE_KS:
+        # rows past T hold G_last (g loads as 0 there), so the last row's G is the chunk's G_last
+        g_last = tl.sum(tl.where(ri == BT - 1, G, 0.0), 0)
+        tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp(g_last - G), mask=live)
     for v0 in tl.static_range(0, V, BV):
         cv = v0 + tl.arange(0, BV)
         vm = live[:, None] & (cv < V)[None, :]
@@ -128,6 +161,82 @@ def _scan_kernel(
     tl.store(state_ptr + s_offs, s, mask=s_mask)
 
 
+@triton.jit(do_not_specialize=["T", "NT"])
+def _state_kernel(
+    k_ptr, w_ptr, ks_ptr, u_ptr, gc_ptr, h_ptr, state_ptr, reset_ptr, T, NT, s_kt, s_kh,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    i_v = tl.program_id(0)
+    i_h = tl.program_id(1)
+    hk = i_h // GROUP
+    ri = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    kin, vin = ck < K, cv < V
+    tile = ck[:, None] * V + cv[None, :]  # [BK, BV]
+    s_mask = kin[:, None] & vin[None, :]
+    s = tl.where(tl.load(reset_ptr), 0.0, tl.load(state_ptr + i_h * K * V + tile, mask=s_mask, other=0.0))
+    # int64: Hv * NT * K * V passes 2^31 at T ~ 256k (Hv = 32, K = V = 128)
+    h_head = h_ptr + i_h.to(tl.int64) * NT * K * V
+    for i_t in tl.range(0, NT):
+        rows = i_t * BT + ri
+        live = rows < T
+        km = live[:, None] & kin[None, :]
+        vm = live[:, None] & vin[None, :]
+        tl.store(h_head + i_t * K * V + tile, s.to(h_ptr.dtype.element_ty), mask=s_mask)
+        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0).to(tl.float32)
+        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0).to(tl.float32)
+        ks = tl.load(ks_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G_last - G) / |k|
+        u_offs = (i_h * T + rows[:, None]) * V + cv[None, :]  # [BT, BV]
+        u = tl.load(u_ptr + u_offs, mask=vm, other=0.0).to(tl.float32)
+        v_new = u - tl.dot(w, s, input_precision=PREC)  # [BT, BV]
+        # v_new replaces u: each element of u is read by this program only, just above
+        tl.store(u_ptr + u_offs, v_new.to(u_ptr.dtype.element_ty), mask=vm)
+        g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
+        # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (a 16-bit input) exact in TF32
+        s = s * tl.exp(g_last) + tl.dot(tl.trans(kt), v_new * ks[:, None], input_precision=PREC)
+    tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
+
+
+@triton.jit(do_not_specialize=["T", "NT"])
+def _output_kernel(
+    q_ptr, k_ptr, vn_ptr, gc_ptr, h_ptr, o_ptr, T, NT,
+    s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    i_t = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_v = tl.program_id(2)
+    hk = i_h // GROUP
+    ri = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    kin, vin = ck < K, cv < V
+    rows = i_t * BT + ri
+    live = rows < T
+    km = live[:, None] & kin[None, :]
+    vm = live[:, None] & vin[None, :]
+    # q and k enter the dots as given (16-bit dots multiply them exactly); norms and decay scale the products
+    qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)  # [BT, BK]
+    kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
+    qf, kf = qt.to(tl.float32), kt.to(tl.float32)
+    rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * (K ** -0.5)  # [BT], as _l2norm_rows
+    rk = tl.rsqrt(tl.sum(kf * kf, 1) + 1e-6)
+    g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
+    # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
+    G = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
+    h_offs = (i_h.to(tl.int64) * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
+    h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(q_ptr.dtype.element_ty)
+    v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
+    causal = ri[:, None] >= ri[None, :]
+    qk = _dot_inputs(qt, tl.trans(kt), PREC, UPCAST) * rq[:, None] * rk[None, :]  # [BT, BT]
+    qk = tl.where(causal, qk * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
+    o = _dot_inputs(qt, h, PREC, UPCAST) * (rq * tl.exp(G))[:, None] + tl.dot(qk, v_new, input_precision=PREC)
+    tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -138,8 +247,10 @@ def chunk_gated_delta_rule(
     reset: torch.Tensor,
     block_v: int = 0,
     out: torch.Tensor | None = None,
+    split: bool = True,
 ) -> torch.Tensor:
-    """Same contract as `reference.chunk_gated_delta_rule`; `state` must be contiguous."""
+    """Same contract as `reference.chunk_gated_delta_rule`; `state` must be contiguous. `block_v` is the
+    V tile of the sequential kernel (state pass, or the scan with `split=False`)."""
     check_heads(q, k, v, state)
     T, Hk, K = q.shape[1], q.shape[2], q.shape[3]
     Hv, V = v.shape[2], v.shape[3]
@@ -147,26 +258,48 @@ def chunk_gated_delta_rule(
     prec = "ieee" if v.dtype == torch.float32 else "tf32"
     scratch = v.dtype
     w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)
-    u = torch.empty((Hv, T, V), dtype=scratch, device=v.device)
+    # split path: u, then v_new over it, in float32: in bf16 the o error with aligned keys was 1.06e-2
+    # (two-kernel path 7.7e-3, float32 6.1e-3; NOTES.md). h stays in the input dtype: float32 h, twice the
+    # largest scratch, took that 6.1e-3 to 4.9e-3 only
+    u = torch.empty((Hv, T, V), dtype=torch.float32 if split else scratch, device=v.device)
     gc = torch.empty((Hv, T), dtype=torch.float32, device=v.device)
+    ks = torch.empty((Hv, T), dtype=torch.float32, device=v.device) if split else gc  # gc: unused placeholder
     o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     BT = CHUNK
+    NT = (T + BT - 1) // BT
     BK = max(16, triton.next_power_of_2(K))
     PV = max(16, triton.next_power_of_2(V))
     group = Hv // Hk
-    launcher(_prep_kernel)[((T + BT - 1) // BT, Hv)](
-        k, v, g, beta, w, u, gc, T,
+    launcher(_prep_kernel)[(NT, Hv)](
+        k, v, g, beta, w, u, gc, ks, T,
         k.stride(1), k.stride(2), v.stride(1), v.stride(2), g.stride(1), g.stride(2), beta.stride(1), beta.stride(2),
-        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), BB=16, PREC=prec,
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), BB=16, PREC=prec, STORE_KS=split,
         num_warps=4,
     )
+    fp32_wide = v.dtype == torch.float32 and BK >= 128
+    if split:
+        h = torch.empty((Hv, NT, K, V), dtype=scratch, device=v.device)
+        BV = block_v or min(PV, STATE_BV)
+        # fp32 w/k tiles at K=128 take ~64 KB per pipeline stage
+        launcher(_state_kernel)[((V + BV - 1) // BV, Hv)](
+            k, w, ks, u, gc, h, state, reset, T, NT, k.stride(1), k.stride(2),
+            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
+            num_warps=4, num_stages=2 if fp32_wide else 3,
+        )
+        BVO = min(PV, OUTPUT_BV)
+        launcher(_output_kernel)[(NT, Hv, (V + BVO - 1) // BVO)](
+            q, k, u, gc, h, o, T, NT,
+            q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
+            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BVO, PREC=prec, UPCAST=INTERPRETED,
+            num_warps=OUTPUT_WARPS,
+        )
+        return o
     BV = block_v or min(PV, 32)
     # fp32 q/k/w tiles at K=128 need ~100 KB per pipeline stage; three stages overflow the H100's 227 KB
-    stages = 1 if v.dtype == torch.float32 and BK >= 128 else 3
     launcher(_scan_kernel)[((V + BV - 1) // BV, Hv)](
-        q, k, w, u, gc, state, reset, o, T, (T + BT - 1) // BT,
+        q, k, w, u, gc, state, reset, o, T, NT,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
         GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-        num_warps=4, num_stages=stages,
+        num_warps=4, num_stages=1 if fp32_wide else 3,
     )
     return o
