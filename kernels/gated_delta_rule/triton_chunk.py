@@ -258,9 +258,9 @@ def chunk_gated_delta_rule(
     prec = "ieee" if v.dtype == torch.float32 else "tf32"
     scratch = v.dtype
     w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)
-    # split path: u, then v_new over it, in float32: in bf16 the o error with aligned keys was 1.06e-2
-    # (two-kernel path 7.7e-3, float32 6.1e-3; NOTES.md). h stays in the input dtype: float32 h, twice the
-    # largest scratch, took that 6.1e-3 to 4.9e-3 only
+    # split path: u, then v_new over it, in float32: in bf16 the o error with aligned keys is 1.01e-2
+    # (float32 5.5e-3, two-kernel path 7.8e-3; NOTES.md). h stays in the input dtype, the dtype in which
+    # the output pass's 16-bit q h dot takes it
     u = torch.empty((Hv, T, V), dtype=torch.float32 if split else scratch, device=v.device)
     gc = torch.empty((Hv, T), dtype=torch.float32, device=v.device)
     ks = torch.empty((Hv, T), dtype=torch.float32, device=v.device) if split else gc  # gc: unused placeholder
