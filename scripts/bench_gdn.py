@@ -158,9 +158,9 @@ def kernel_split(fn) -> str:
 
 
 PREFILL_PATHS = (  # row label, result-key slug, keywords of triton_chunk.chunk_gated_delta_rule, module settings
-    ("split BV=16", "split_bv16", dict(split=True, block_v=16), {}),
+    ("split BV=16 (default)", "split_bv16", dict(split=True, block_v=16), {}),
     ("split BV=32", "split_bv32", dict(split=True, block_v=32), {}),
-    ("split BV=16 out-warps=4", "split_bv16_ow4", dict(split=True, block_v=16), dict(OUTPUT_WARPS=4)),
+    ("split BV=16 out-warps=8", "split_bv16_ow8", dict(split=True, block_v=16), dict(OUTPUT_WARPS=8)),
     ("two-kernel", "two_kernel", dict(split=False), {}),
 )
 
@@ -177,7 +177,7 @@ def module_settings(module, **values):
             setattr(module, name, value)
 
 
-def bench_prefill(rows: list, results: dict) -> None:
+def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
     """Both prefill paths side by side (split: state pass + parallel output pass, the default, at two
     state-pass V tiles and two output-pass warp counts; two-kernel: the sequential scan), each with its
     per-kernel profiler split."""
@@ -188,7 +188,7 @@ def bench_prefill(rows: list, results: dict) -> None:
         rows.append(("FLA", "not importable", repr(e)[:80]))
     reset = torch.zeros(1, dtype=torch.bool, device="cuda")
     for T in (1024, 4096, 8192):
-        for dtype in (torch.bfloat16, torch.float32) if T == 8192 else (torch.bfloat16,):
+        for dtype in (torch.bfloat16, torch.float32) if T == 8192 and fp32 else (torch.bfloat16,):
             x = prefill_inputs(T, dtype)
             tag = "bf16" if dtype == torch.bfloat16 else "fp32"
             times, gtimes, finals = {}, {}, {}
@@ -225,13 +225,21 @@ def bench_prefill(rows: list, results: dict) -> None:
                     use_qk_l2norm_in_kernel=True,
                 )
                 fms = timed(theirs, reps=9, inner=2) / 1e3
+                fla_split = kernel_split(theirs)
+                try:
+                    fgms = timed(graphed(lambda i: theirs(), 4), reps=9, inner=1) / 4 / 1e3
+                except Exception as e:  # noqa: BLE001  (say why FLA could not be captured)
+                    fgms = float("nan")
+                    rows.append(("FLA graphed", "not captured", repr(e)[:80]))
                 o_fla, s_fla = theirs()
             rel = ((o_new.float() - o_fla.float()).norm() / o_fla.float().norm()).item()
             srel = ((s_new - s_fla.float()).norm() / s_fla.float().norm()).item()
-            results[f"prefill_T{T}_fla_ms"] = fms
-            ratios = ", ".join(f"{slug} {times[slug] / fms:.2f}x" for _, slug, _, _ in PREFILL_PATHS)
+            results[f"prefill_T{T}_fla_ms"], results[f"prefill_T{T}_fla_graphed_ms"] = fms, fgms
+            ratios = ", ".join(f"{slug} {gtimes[slug] / fgms:.2f}x" for _, slug, _, _ in PREFILL_PATHS)
             rows.append((f"prefill FLA  T={T} bf16", f"{fms:.3f} ms",
-                         f"ours/FLA: {ratios}; split BV=16 vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
+                         f"graphed {fgms:.3f} ms; kernels {fla_split}"))
+            rows.append((f"  ours/FLA T={T} bf16, graphed", ratios,
+                         f"eager {times['split_bv16'] / fms:.2f}x; split vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
             gate = lambda: gdr_ref.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
             rows.append((f"  gate math in PyTorch T={T}", f"{timed(gate) / 1e3:.3f} ms", "upper bound on fusing gates into the prep kernel"))
 
@@ -265,6 +273,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the numbers to this file")
     parser.add_argument("--only", choices=["decode", "prefill", "conv"], action="append")
+    parser.add_argument("--fp32", action="store_true", help="also time the fp32 prefill at T = 8192 (slow: ~0.1 s a call)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_gdn: needs a CUDA device", file=sys.stderr)
@@ -273,7 +282,8 @@ def main() -> int:
     rows.append(("device", torch.cuda.get_device_name(0), f"torch {torch.__version__}"))
     results: dict = {"device": torch.cuda.get_device_name(0)}
     results["copy_1GiB_gbs"] = bench_copy(rows)
-    sections = {"decode": bench_decode, "conv": bench_conv, "prefill": bench_prefill}
+    sections = {"decode": bench_decode, "conv": bench_conv,
+                "prefill": lambda rows, results: bench_prefill(rows, results, args.fp32)}
     for name in args.only or list(sections):
         sections[name](rows, results)
     if args.json:

@@ -34,7 +34,7 @@ STATE_BV = 16  # V tile of the state pass: V / 16 x Hv = 256 sequential programs
 OUTPUT_BV = 64  # V tile of the output pass; each V tile recomputes q k^T
 # compiled for sm_90 (no GPU run yet), bf16, K = V = 128: 8 warps use 249 registers and spill nothing,
 # 4 warps 255 registers and 384 B of spills
-OUTPUT_WARPS = 8
+OUTPUT_WARPS = 4
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
