@@ -80,7 +80,10 @@ class Result:
 
 
 def cuda_ms(fn, reps: int) -> float:
-    """Median milliseconds of `fn()` over `reps` runs, CUDA events around each."""
+    """Median milliseconds of `fn()` over `reps` runs, CUDA events around each (wall clock without a GPU,
+    where only the CPU test of the peers runs)."""
+    if not torch.cuda.is_available():
+        return statistics.median(wall_ms(fn) for _ in range(reps))
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -90,6 +93,12 @@ def cuda_ms(fn, reps: int) -> float:
         b.synchronize()
         times.append(a.elapsed_time(b))
     return statistics.median(times)
+
+
+def wall_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def make_checkpoint(name: str, folder: Path) -> Path:
@@ -231,17 +240,17 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     runner.close()
 
 
-def bench_peer(ckpt: Path, r: Result, vocab: int, new_tokens: int = NEW_TOKENS) -> None:
+def bench_peer(ckpt: Path, r: Result, vocab: int, new_tokens: int = NEW_TOKENS, device: str = "cuda") -> None:
     """transformers generate, bf16, same weights: eager into r.peer, then with its static cache (which it
     compiles itself on a GPU) into r.peer_compiled. Each is best effort: a failure is recorded, not raised."""
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16, device_map="cuda").eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16).to(device).eval()
     # transformers takes fla's kernels when it can import fla (the attribute or the module-level hook,
     # depending on the version); the reference PyTorch path otherwise
     gdn = next((m for m in model.modules() if hasattr(m, "chunk_gated_delta_rule")), None)
     fla = ("fla" in gdn.chunk_gated_delta_rule.__module__) if gdn is not None else "fla.ops" in sys.modules
-    ids = torch.randint(3, vocab, (1, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    ids = torch.randint(3, vocab, (1, 128), device=device, generator=torch.Generator(device).manual_seed(1))
     name = f"transformers {transformers.__version__} bf16" + (" + fla" if fla else " (no fla)")
     try:
         r.peer = {"name": f"{name}, eager", **time_generate(model, ids, new_tokens, [4], {})}

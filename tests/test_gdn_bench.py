@@ -1,6 +1,6 @@
-"""gdn-bench without a GPU: the memory-limit byte count against the model's parameters, and the merge of
-separate device runs (the stored H100 run, split per model) into one table, JSON and chart; bad input is one
-line, exit 2."""
+"""gdn-bench without a GPU: the memory-limit byte count against the model's parameters, the merge of
+separate device runs (the stored H100 run, split per model) into one table, JSON and chart (bad input is one
+line, exit 2), and both transformers peers on the CPU."""
 
 import json
 import sys
@@ -85,3 +85,15 @@ def test_decode_bytes_counts_what_a_token_reads_from_the_model(case):
         want += p.numel() * (routed if leaf in ("gate_up", "down") else 1)
     got = gdn_bench.decode_bytes(json.loads(json.dumps(cfg.to_dict())), "float32", pos=0, state=0)
     assert got == 4 * want
+
+
+def test_both_peers_run_on_cpu(tmp_path):
+    """The peer code path end to end (eager, then the static cache), on the bundled model: a bug in it
+    otherwise shows only on the GPU machine, where it cost a benchmark run."""
+    ckpt = gdn_bench.make_checkpoint("tiny", tmp_path)
+    r = gdn_bench.Result("tiny")
+    gdn_bench.bench_peer(ckpt, r, 512, new_tokens=3, device="cpu")
+    assert r.peer.get("decode_tok_s", 0) > 0, r.peer
+    assert r.peer_compiled.get("decode_tok_s", 0) > 0, r.peer_compiled
+    assert "static cache" in r.peer_compiled["name"]
+
