@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from gdn.kernels.moe import op, reference
-from gdn.kernels.moe.decode import BASELINE, DecodeConfig, decode_down, decode_gate_up, moe_decode
+from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_down, decode_gate_up, moe_decode
 from gdn.kernels.moe.prefill import PrefillConfig, moe_prefill
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
@@ -112,10 +112,10 @@ def fmt(v, spec=".1f") -> str:
 
 DESIGNS = [  # (name, config): the measured design, the new kernels, and each new part alone
     ("baseline (runs 1-3)", BASELINE),
-    ("baseline + router kernel", replace(BASELINE, router="kernel")),
+    ("baseline + router kernel (default)", DecodeConfig()),
     ("baseline + packed top-k", replace(BASELINE, pick="packed")),
-    ("unrolled, inline packed router", replace(DecodeConfig(), router="inline")),
-    ("unrolled + router kernel (default)", DecodeConfig()),
+    ("unrolled, inline packed router", replace(UNROLLED, router="inline")),
+    ("unrolled + router kernel", UNROLLED),
 ]
 GATE_UP_SWEEP = [(4, 512, 4), (2, 512, 4), (2, 1024, 4), (4, 1024, 8), (1, 2048, 4), (2, 2048, 8)]  # rows, cols, warps
 DOWN_SWEEP = [(4, 512, 8), (2, 512, 8), (2, 512, 4), (1, 512, 4), (8, 256, 8)]  # rows, cols per step, warps
@@ -185,7 +185,7 @@ def decode_table(w, bw: float) -> list[str]:
         add(f"{name}: layer, shared fused", layer, d.layer(cfg))
         add(f"{name}:   kernel 1 (+ router kernel if any)", k1_bytes, d.kernel1(cfg))
         add(f"{name}:   kernel 2, routed only", k2_bytes, d.kernel2(cfg, False))
-    base = DecodeConfig()
+    base = UNROLLED
     k1_us = {}
     for bi, bh, wg in GATE_UP_SWEEP:
         cfg = replace(base, block_i=bi, block_h=bh, warps_gate_up=wg)
@@ -206,7 +206,7 @@ def decode_table(w, bw: float) -> list[str]:
     out += decode_next_rows(bw)
     out += ["", "Configs:"] + [f"- {name}: {describe(cfg)}" for name, cfg in DESIGNS]
     out += [f"- sweep's best blocks: {describe(best)}",
-            "- sweeps: the default config with only the named blocks changed"]
+            "- sweeps: the unrolled config with only the named blocks changed"]
     return out
 
 

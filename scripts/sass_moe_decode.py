@@ -83,16 +83,16 @@ def route(cfg: D.DecodeConfig) -> tuple[str, str]:
 
 
 def cases():
-    base, new = D.BASELINE, D.DecodeConfig()
+    base, new = D.BASELINE, D.UNROLLED
     yield "router kernel, argmax, 1 warp", route(replace(new, pick="argmax"))
     yield "router kernel, packed, 1 warp", route(new)
     yield "baseline kernel 1 (tile, inline argmax router)", gate_up(base)
     yield "unrolled kernel 1, inline packed router", gate_up(replace(new, router="inline"))
-    yield "default kernel 1 (unrolled, id from the router kernel)", gate_up(new)
+    yield "unrolled kernel 1 (id from the router kernel)", gate_up(new)
     yield "baseline kernel 2 (tile), routed", down(base, False)
     yield "baseline kernel 2 (tile), + shared", down(base, True)
-    yield "default kernel 2 (unrolled), routed", down(new, False)
-    yield "default kernel 2 (unrolled), + shared", down(new, True)
+    yield "unrolled kernel 2, routed", down(new, False)
+    yield "unrolled kernel 2, + shared", down(new, True)
 
 
 def main() -> int:

@@ -9,11 +9,13 @@ torch.topk breaks ties its own way; and where its gathered weight copy fits in 4
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from gdn.kernels.moe import op, reference
-from gdn.kernels.moe.decode import BASELINE, DecodeConfig, decode_route
+from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_route
 from gdn.kernels.moe.prefill import group_by_expert
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
@@ -111,9 +113,10 @@ def test_moe_shared_interpreted(T, poisoned):
 DECODE_CONFIGS = {  # the inline router runs in every kernel-1 program, slow in the interpreter: default blocks only
     "baseline": BASELINE,
     "default": DecodeConfig(),
-    "unrolled-inline": DecodeConfig(router="inline"),
-    "unrolled-argmax-small": DecodeConfig(pick="argmax", block_i=2, block_h=16, block_out=2, block_inner=16,
-                                          warps_router=4),
+    "unrolled": UNROLLED,
+    "unrolled-inline": replace(UNROLLED, router="inline"),
+    "unrolled-argmax-small": replace(UNROLLED, pick="argmax", block_i=2, block_h=16, block_out=2, block_inner=16,
+                                     warps_router=4),
     "tile-routerkernel-small": DecodeConfig(router="kernel", gate_up="tile", down="tile", block_h=16, tile_down=64),
 }
 DECODE_SHAPES = [(8, 2, 48, 20), (64, 8, 64, 24), (64, 10, 40, 24)]  # (E, top_k, H, I); H, I not powers of 2 too

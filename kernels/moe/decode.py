@@ -11,7 +11,7 @@ sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed. `Deco
   expert's rows in a second loop); "unrolled": the column steps unrolled, so that no weight load waits on the
   math of another step, x / h loaded without a trip through shared memory, and in kernel 2 the shared expert's
   rows loaded beside the routed ones.
-`BASELINE` is the design measured in runs 1-3; scripts/sass_moe_decode.py shows the kernels' SASS load order.
+`BASELINE` is the design measured in runs 1-3, `UNROLLED` the unrolled kernels; scripts/sass_moe_decode.py shows the kernels' SASS load order.
 """
 
 from __future__ import annotations
@@ -31,18 +31,19 @@ CHOICES = {"router": ("inline", "kernel"), "pick": ("argmax", "packed"), "gate_u
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """The defaults are the expected fastest, not yet measured on a GPU; `BASELINE` is the measured design."""
+    """The defaults are the fastest design measured on the H100 (kernels/moe/NOTES.md, run 4): the router
+    kernel in front of the tile kernels of runs 1-3 (`BASELINE`)."""
 
     router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
-    pick: str = "packed"
-    gate_up: str = "unrolled"
-    down: str = "unrolled"
+    pick: str = "argmax"
+    gate_up: str = "tile"
+    down: str = "tile"
     block_i: int = 4  # gate/up rows per program (of each of gate and up)
-    block_h: int = 512  # columns per step of the gate/up mat-vec
+    block_h: int = 2048  # columns per step of the gate/up mat-vec
     block_out: int = 4  # output rows per program of the down mat-vec
     block_inner: int = 512  # "unrolled" down: columns per step (per slot)
     tile_down: int = 16384  # "tile" down: elements per step, k_p2 * block_out * block_inner
-    warps_gate_up: int = 4
+    warps_gate_up: int = 8
     warps_down: int = 8
     warps_router: int = 1  # "kernel" router: one warp reduces with shuffles alone, no shared-memory rounds
 
@@ -54,6 +55,8 @@ class DecodeConfig:
 
 BASELINE = DecodeConfig(router="inline", pick="argmax", gate_up="tile", down="tile", block_i=4, block_h=2048,
                         block_out=4, tile_down=16384, warps_gate_up=8, warps_down=8)
+# the unrolled kernels behind the router kernel: kernel 1 faster, kernel 2 3.5x slower than the tile kernel (run 4)
+UNROLLED = DecodeConfig(pick="packed", gate_up="unrolled", down="unrolled", block_h=512, warps_gate_up=4)
 
 
 @triton.jit
