@@ -1,12 +1,14 @@
 """Benchmark of the gdn Triton kernels on one CUDA device (CUDA events, medians), in one run:
 
-- decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes: us/call, bytes, GB/s against a
-  device-to-device copy of the same bytes measured here; states rotate through more memory than L2 holds.
-- chunked prefill at T = 1024, 4096, 8192, both paths (split at state-pass BV 16 and 32, two-kernel) beside
-  FLA's chunk_gated_delta_rule (if importable), each with its per-kernel split.
+- decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes, a sweep of tiles and warps: us/call,
+  bytes, GB/s against a device-to-device copy of the same bytes and of 1 GiB measured here; states rotate
+  through more memory than L2 holds.
+- chunked prefill at T = 1024, 4096, 8192, both paths (split at state-pass BV 16 and 32 and two output-pass
+  warp counts, two-kernel) beside FLA's chunk_gated_delta_rule (if importable), eager and graphed, each with
+  its per-kernel split.
 - causal conv1d: us/call, decode and prefill.
 
-Usage: python scripts/bench_gdn.py [--json out.json]
+Usage: python scripts/bench_gdn.py [--json out.json] [--only decode|prefill|conv] [--fp32]
 """
 
 from __future__ import annotations
