@@ -176,10 +176,11 @@ def decode_table(w, bw: float) -> list[str]:
 
     add("naive gathered weights (reference.moe), routed", routed,
         lambda: reference.moe(d.x, d.logits, d.gate_up, d.down, K, True))
-    add("gdn::moe (default config), routed", routed,
+    add("gdn::moe (the op: ARTIFACT_DECODE), routed", routed,
         lambda: torch.ops.gdn.moe(d.x, d.logits, d.gate_up, d.down, K, True))
     add("layer: router+shared linear, gdn::moe, shared in torch", layer, lambda: layer_separate(d.x, w))
-    add("layer: router+shared linear, gdn::moe_shared (fused, default config)", layer, lambda: layer_fused(d.x, w))
+    add("layer: router+shared linear, gdn::moe_shared (fused, the op: ARTIFACT_DECODE)", layer,
+        lambda: layer_fused(d.x, w))
     for name, cfg in DESIGNS:
         add(f"{name}: routed", routed, d.routed(cfg))
         add(f"{name}: layer, shared fused", layer, d.layer(cfg))
