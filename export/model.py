@@ -246,7 +246,7 @@ class GDNForCausalLM(nn.Module):
     ):
         super().__init__()
         ks = KERNEL_SETS[kernels]
-        self.cfg, self.max_seq_len, self.kernels, self.kernel_set = cfg, max_seq_len, kernels, ks
+        self.cfg, self.max_seq_len, self.kernels = cfg, max_seq_len, kernels
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = Rotary(cfg)
         self.layers = nn.ModuleList(
@@ -256,6 +256,10 @@ class GDNForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    @property
+    def kernel_set(self) -> KernelSet:
+        return KERNEL_SETS[self.kernels]
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """tokens [1, T] int64, input_pos [T] int64 -> logits [1, vocab] of the last position.

@@ -21,6 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from gdn.kernels.moe import decode as D
+from gdn.kernels.moe.route import route_kernel
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
 TARGET = GPUTarget("cuda", 90, 32)
@@ -30,7 +31,8 @@ GATE_UP_ARGS = {"x_ptr": "*bf16", "logits_ptr": "*bf16", "logits_col_stride": "i
 DOWN_ARGS = {"h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32", "down_ptr": "*bf16", "out_ptr": "*bf16",
              "shared_act_ptr": "*bf16", "shared_act_stride": "constexpr", "shared_gate_ptr": "*bf16",
              "shared_down_ptr": "*bf16"}
-ROUTE_ARGS = {"logits_ptr": "*bf16", "col_stride": "constexpr", "ids_ptr": "*i32", "weights_ptr": "*fp32"}
+ROUTE_ARGS = {"logits_ptr": "*bf16", "row_stride": "i32", "col_stride": "constexpr", "ids_ptr": "*i32",
+              "weights_ptr": "*fp32"}
 
 
 def compile_sm90(fn, args: dict, consts: dict, warps: int) -> tuple[bytes, str]:
@@ -79,7 +81,7 @@ def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
 
 def route(cfg: D.DecodeConfig) -> tuple[str, str]:
     consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PACKED=cfg.pick == "packed")
-    return compile_sm90(D.decode_route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
+    return compile_sm90(route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
 
 
 def cases():

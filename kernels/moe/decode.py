@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .launch import launch, next_pow2
-from .route import route_row, route_row_packed
+from .route import route_any, route_kernel
 
 CHOICES = {"router": ("inline", "kernel"), "pick": ("argmax", "packed"), "gate_up": ("tile", "unrolled"),
            "down": ("tile", "unrolled")}
@@ -60,44 +60,13 @@ UNROLLED = DecodeConfig(pick="packed", gate_up="unrolled", down="unrolled", bloc
 
 
 @triton.jit
-def route_one(logits_ptr, col_stride, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
-              K_P2: tl.constexpr, RENORM: tl.constexpr, PACKED: tl.constexpr):
-    """The token's ids [K_P2] int32 and weights [K_P2] float32, by either top-k method."""
-    if PACKED:
-        ids, top = route_row_packed(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
-    else:
-        ids, top = route_row(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
-    return ids, top
-
-
-@triton.jit
-def decode_route_kernel(
-    logits_ptr,
-    col_stride,
-    ids_ptr,
-    weights_ptr,
-    E: tl.constexpr,
-    E_P2: tl.constexpr,
-    TOP_K: tl.constexpr,
-    K_P2: tl.constexpr,
-    RENORM: tl.constexpr,
-    PACKED: tl.constexpr,
-):
-    """One program: ids [TOP_K] int32, weights [TOP_K] float32 for the gate/up and down kernels."""
-    ids, top = route_one(logits_ptr, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
-    slots = tl.arange(0, K_P2)
-    tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
-    tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
-
-
-@triton.jit
 def slot_expert(slot, writer, logits_ptr, logits_col_stride, ids_ptr, weights_ptr, E: tl.constexpr,
                 E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr,
                 ROUTE: tl.constexpr, PACKED: tl.constexpr):
     """Expert id (int64) of `slot`: routed here when ROUTE (the `writer` program stores ids/weights for
     kernel 2), else one load of the router kernel's output."""
     if ROUTE:
-        ids, top = route_one(logits_ptr, logits_col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
+        ids, top = route_any(logits_ptr, 0, logits_col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
         slots = tl.arange(0, K_P2)
         if writer:
             tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
@@ -323,10 +292,10 @@ def moe_decode(
 
 
 def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg: DecodeConfig) -> None:
-    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32."""
+    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32 (prefill's router, one token)."""
     E = router_logits.shape[1]
-    launch(decode_route_kernel)[(1,)](
-        router_logits, router_logits.stride(1), ids, weights,
+    launch(route_kernel)[(1,)](
+        router_logits, 0, router_logits.stride(1), ids, weights,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         PACKED=cfg.pick == "packed", num_warps=cfg.warps_router,
     )

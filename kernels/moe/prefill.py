@@ -217,7 +217,7 @@ def moe_prefill(
     weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
     launch(route_kernel)[(T,)](
         router_logits, router_logits.stride(0), router_logits.stride(1), ids, weights,
-        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
+        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, PACKED=False,
     )
     bm = cfg.block_m
     pairs, block_expert = group_by_expert(ids, E, bm)

@@ -7,6 +7,15 @@ import triton.language as tl
 
 
 @triton.jit
+def load_logits(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.constexpr):
+    """One token's logits in float32 [E_P2] (-inf past E), their indices and validity."""
+    offs = tl.arange(0, E_P2)
+    valid = offs < E
+    logit = tl.load(logits_ptr + row_offset + offs * col_stride, mask=valid, other=float("-inf")).to(tl.float32)
+    return offs, valid, logit
+
+
+@triton.jit
 def route_row(
     logits_ptr,
     row_offset,
@@ -18,9 +27,7 @@ def route_row(
     RENORM: tl.constexpr,
 ):
     """One token's router: -> expert ids [K_P2] int32, weights [K_P2] float32 (slots >= TOP_K are 0)."""
-    offs = tl.arange(0, E_P2)
-    valid = offs < E
-    logit = tl.load(logits_ptr + row_offset + offs * col_stride, mask=valid, other=float("-inf")).to(tl.float32)
+    offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
     prob = tl.where(valid, tl.exp(logit - tl.max(logit, 0)), 0.0)  # unnormalised softmax
     slots = tl.arange(0, K_P2)
     ids = tl.zeros([K_P2], dtype=tl.int32)
@@ -52,10 +59,11 @@ def route_kernel(
     TOP_K: tl.constexpr,
     K_P2: tl.constexpr,
     RENORM: tl.constexpr,
+    PACKED: tl.constexpr,
 ):
     """One program per token: ids [T, TOP_K] int32, weights [T, TOP_K] float32."""
     t = tl.program_id(0).to(tl.int64)
-    ids, top = route_row(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
+    ids, top = route_any(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
     slots = tl.arange(0, K_P2)
     tl.store(ids_ptr + t * TOP_K + slots, ids, mask=slots < TOP_K)
     tl.store(weights_ptr + t * TOP_K + slots, top, mask=slots < TOP_K)
@@ -75,9 +83,7 @@ def route_row_packed(
     """`route_row` with one reduction per pick instead of three: the max of int64 keys (logit order in the
     high half, E_P2 - 1 - index in the low half) names the best logit and, among equal ones, the lowest
     index; the pick's probability is recomputed from the logit in the key. Same ids and weights."""
-    offs = tl.arange(0, E_P2)
-    valid = offs < E
-    logit = tl.load(logits_ptr + row_offset + offs * col_stride, mask=valid, other=float("-inf")).to(tl.float32)
+    offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
     mx = tl.max(logit, 0)
     prob = tl.where(valid, tl.exp(logit - mx), 0.0)  # unnormalised softmax
     key = (ordered_bits(logit).to(tl.int64) << 32) | (E_P2 - 1 - offs).to(tl.int64)  # [E_P2], all distinct
@@ -109,3 +115,15 @@ def ordered_bits(v):
 def float_of_ordered(k):
     """The inverse of `ordered_bits`."""
     return tl.where(k < 0, k ^ 0x7FFFFFFF, k).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def route_any(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
+              K_P2: tl.constexpr, RENORM: tl.constexpr, PACKED: tl.constexpr):
+    """One token's ids [K_P2] int32 and weights [K_P2] float32, by either top-k method."""
+    if PACKED:
+        ids, top = route_row_packed(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
+    else:
+        ids, top = route_row(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
+    return ids, top
+
