@@ -28,9 +28,7 @@ def chunk_gated_delta_rule(
     state: torch.Tensor,
     reset: torch.Tensor,
 ) -> torch.Tensor:
-    # the two-kernel path is the one verified inside CUDA artifacts on the H100 (tests/test_export_cuda.py);
-    # the split path (1.6x faster, kernel tests passed on the H100) replaces it once that test has (issue 3)
-    return triton_chunk.chunk_gated_delta_rule(q, k, v, g, beta, state, reset, split=False)
+    return triton_chunk.chunk_gated_delta_rule(q, k, v, g, beta, state, reset)
 
 
 @torch.library.triton_op("gdn::recurrent_gated_delta_rule", mutates_args={"state"})

@@ -19,10 +19,9 @@ from .prefill import moe_prefill
 
 require_package_import(__name__)
 
-# The ops' one-token kernels: the design verified inside CUDA artifacts on the H100 (tests/test_export_cuda.py).
-# DecodeConfig() (the router kernel, 18 % faster in scripts/bench_moe.py) replaces it once that test has
-# passed with it on the H100 (issue 4).
-ARTIFACT_DECODE = BASELINE
+# The ops' one-token kernels: the router kernel in front of the tile kernels (DecodeConfig()), verified inside
+# CUDA artifacts on the H100 (tests/test_export_cuda.py) and 18 % faster than BASELINE in scripts/bench_moe.py.
+ARTIFACT_DECODE = DecodeConfig()
 
 
 def moe_triton(
