@@ -14,13 +14,13 @@ from torch.library import triton_op
 
 from .. import require_package_import
 from . import reference
-from .decode import BASELINE, DecodeConfig, moe_decode
+from .decode import DecodeConfig, moe_decode
 from .prefill import moe_prefill
 
 require_package_import(__name__)
 
 # The ops' one-token kernels: the router kernel in front of the tile kernels (DecodeConfig()), verified inside
-# CUDA artifacts on the H100 (tests/test_export_cuda.py) and 18 % faster than BASELINE in scripts/bench_moe.py.
+# CUDA artifacts on the H100 (tests/test_export_cuda.py) and 18 % faster than `decode.BASELINE` in scripts/bench_moe.py.
 ARTIFACT_DECODE = DecodeConfig()
 
 
