@@ -3,9 +3,8 @@
 - decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes, a sweep of tiles and warps: us/call,
   bytes, GB/s against a device-to-device copy of the same bytes and of 1 GiB measured here; states rotate
   through more memory than L2 holds.
-- chunked prefill at T = 1024, 4096, 8192, both paths (split at state-pass BV 16 and 32 and two output-pass
-  warp counts, two-kernel) beside FLA's chunk_gated_delta_rule (if importable), eager and graphed, each with
-  its per-kernel split.
+- chunked prefill at T = 1024, 4096, 8192: the split path (default, then one setting changed at a time:
+  state-pass V tile and warps, output-pass V tile) and the two-kernel path, beside FLA's chunk_gated_delta_rule (if importable), eager and graphed, each with its per-kernel split.
 - causal conv1d: us/call, decode and prefill.
 
 Usage: python scripts/bench_gdn.py [--json out.json] [--only decode|prefill|conv] [--fp32]
@@ -160,9 +159,10 @@ def kernel_split(fn) -> str:
 
 
 PREFILL_PATHS = (  # row label, result-key slug, keywords of triton_chunk.chunk_gated_delta_rule, module settings
-    ("split BV=16 (default)", "split_bv16", dict(split=True, block_v=16), {}),
-    ("split BV=32", "split_bv32", dict(split=True, block_v=32), {}),
-    ("split BV=16 out-warps=8", "split_bv16_ow8", dict(split=True, block_v=16), dict(OUTPUT_WARPS=8)),
+    ("split (default)", "split", {}, {}),
+    ("split BV=32", "split_bv32", dict(block_v=32), {}),
+    ("split state-warps=8", "split_sw8", {}, dict(STATE_WARPS=8)),
+    ("split out-BV=64", "split_obv64", {}, dict(OUTPUT_BV=64)),
     ("two-kernel", "two_kernel", dict(split=False), {}),
 )
 
@@ -180,9 +180,8 @@ def module_settings(module, **values):
 
 
 def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
-    """Both prefill paths side by side (split: state pass + parallel output pass, the default, at two
-    state-pass V tiles and two output-pass warp counts; two-kernel: the sequential scan), each with its
-    per-kernel profiler split."""
+    """The prefill paths of PREFILL_PATHS side by side (split: state pass + parallel output pass; two-kernel:
+    the sequential scan), each with its per-kernel profiler split."""
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
     except Exception as e:  # noqa: BLE001  (FLA is optional here; say why it is missing)
@@ -212,12 +211,12 @@ def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
                 results[f"prefill_T{T}_{tag}_{slug}_graphed_ms"] = gms
                 rows.append((f"prefill ours {label} T={T} {tag}", f"{ms:.3f} ms",
                              f"graphed {gms:.3f} ms; kernels {split_line}"))
-            (o_new, s_new), (o_old, s_old) = finals["split_bv16"], finals["two_kernel"]
+            (o_new, s_new), (o_old, s_old) = finals["split"], finals["two_kernel"]
             rel = ((o_new.float() - o_old.float()).norm() / o_old.float().norm()).item()
             srel = ((s_new - s_old).norm() / s_old.norm()).item()
-            ratio = gtimes["split_bv16"] / gtimes["two_kernel"]
-            rows.append((f"  split BV=16 / two-kernel T={T} {tag}", f"{ratio:.2f}x",
-                         f"graphed (eager {times['split_bv16'] / times['two_kernel']:.2f}x); "
+            ratio = gtimes["split"] / gtimes["two_kernel"]
+            rows.append((f"  split / two-kernel T={T} {tag}", f"{ratio:.2f}x",
+                         f"graphed (eager {times['split'] / times['two_kernel']:.2f}x); "
                          f"rel diff o {rel:.1e} state {srel:.1e}"))
             if fla_chunk is None or dtype != torch.bfloat16:
                 continue
@@ -241,7 +240,7 @@ def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
             rows.append((f"prefill FLA  T={T} bf16", f"{fms:.3f} ms",
                          f"graphed {fgms:.3f} ms; kernels {fla_split}"))
             rows.append((f"  ours/FLA T={T} bf16, graphed", ratios,
-                         f"eager {times['split_bv16'] / fms:.2f}x; split vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
+                         f"eager {times['split'] / fms:.2f}x; split vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
             gate = lambda: gdr_ref.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
             rows.append((f"  gate math in PyTorch T={T}", f"{timed(gate) / 1e3:.3f} ms", "upper bound on fusing gates into the prep kernel"))
 

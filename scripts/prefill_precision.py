@@ -38,6 +38,12 @@ def emulate_tf32() -> None:
     interpreter.InterpreterBuilder.create_dot = create_dot
 
 
+VARIANTS = [  # label, keywords of chunk_gated_delta_rule, triton_chunk module settings
+    ("split", {}, {}),
+    ("two-kernel", dict(split=False), {}),
+]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -54,7 +60,10 @@ def main() -> int:
     for dtype in (torch.bfloat16, torch.float32):
         for keys in ("random", "aligned"):
             c = t.Case(args.T, 2, 4, 128, 128, dtype, "rand", keys)
-            for split in (False, True):
+            for path, kw, settings in VARIANTS:
+                saved = {name: getattr(triton_chunk, name) for name in settings}
+                for name, value in settings.items():
+                    setattr(triton_chunk, name, value)
                 errs = []
                 for seed in range(args.seeds):
                     torch.manual_seed(seed)
@@ -62,12 +71,13 @@ def main() -> int:
                     o64, s64 = t.truth(x)
                     state = x["state"].clone()
                     o = triton_chunk.chunk_gated_delta_rule(
-                        x["q"], x["k"], x["v"], x["g"], x["beta"], state, torch.tensor([False]), split=split
+                        x["q"], x["k"], x["v"], x["g"], x["beta"], state, torch.tensor([False]), **kw
                     )
                     errs.append((t.rel_rms(o, o64), t.rel_rms(state, s64)))
+                for name, value in saved.items():
+                    setattr(triton_chunk, name, value)
                 o_err, s_err = (sum(e[i] for e in errs) / len(errs) for i in (0, 1))
-                path = "split" if split else "two-kernel"
-                print(f"{c.id:44s} {path:10s} o {o_err:.2e} state {s_err:.2e}", flush=True)
+                print(f"{c.id:44s} {path:22s} o {o_err:.2e} state {s_err:.2e}", flush=True)
     return 0
 
 

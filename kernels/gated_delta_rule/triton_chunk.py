@@ -2,7 +2,7 @@
 
 1. `_prep_kernel`, grid (chunks, Hv), fully parallel: per chunk of BT tokens, L2-norm k, the in-chunk
    cumulative log decay G, the WY matrix T = (I + strict_lower(beta k k^T * exp(G_i - G_j)))^-1 by
-   forward substitution (16-row blocks, then block rows), and w = T (beta k exp(G)) [BT, K],
+   forward substitution (4-row blocks, then block rows 4 -> 16 -> 64), and w = T (beta k exp(G)) [BT, K],
    u = T (beta v) [BT, V] written to scratch; for the split path also the row scale of k
    ks = exp(G_last - G) / |k| [BT].
 Split path (default):
@@ -15,8 +15,11 @@ Split path (default):
    their norms applied to the products.
 Two-kernel path (`split=False`, kept for A/B timing): `_scan_kernel`, grid (V / BV, Hv), does 2 and 3 in
 one sequential walk over the chunks (five dots per chunk).
-Dots on float32 inputs use IEEE float32; on 16-bit inputs, TF32 (`PREC`), except the output pass's q k^T
-and q h, whose operands are all in the input dtype (16-bit dots: exact products, as TF32 would give).
+Dots on float32 inputs use IEEE float32. On 16-bit inputs, the split path's dots take their 16-bit
+operands (k, q, w, h) as given, straight from memory into shared memory, and a float32 operand as hi + lo
+16-bit parts (`_dot_f32_x16`): two exact-product dots, about 16 mantissa bits, where TF32 would keep 11
+and stage both operands through registers (state pass 0.257 against 0.444 ms at T = 8192 on the H100).
+The WY inverse and the two-kernel scan keep TF32 (`PREC`).
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ import triton.language as tl
 
 from .launch import check_heads, dense, launcher
 
-CHUNK = 64
+CHUNK = 64  # `_unit_lower_inverse` is written for 64-row chunks
 STATE_BV = 16  # V tile of the state pass: V / 16 x Hv = 256 sequential programs at V = 128, Hv = 32
-OUTPUT_BV = 64  # V tile of the output pass; each V tile recomputes q k^T
-# compiled for sm_90 (no GPU run yet), bf16, K = V = 128: 8 warps use 249 registers and spill nothing,
-# 4 warps 255 registers and 384 B of spills
-OUTPUT_WARPS = 4
+STATE_WARPS, STATE_STAGES = 4, 3
+PREP_WARPS = 4
+# V tile of the output pass (each V tile recomputes q k^T): 128 for 16-bit inputs (0.182 against 0.219 ms
+# for 64 at T = 8192 on the H100); 64 for float32, whose [K, V] h tile would not fit shared memory at 128
+OUTPUT_BV, OUTPUT_BV_FP32 = 128, 64
+OUTPUT_WARPS = 4  # 4 of 4 and 8 the fastest on the H100
+# K and V tiles of 16-bit inputs are at least 64 wide: with 16- or 32-wide tiles Triton 3.6's sm_90 code for
+# the prep kernel's 16-bit dots (A from registers, B under a 32- or 64-byte swizzle) faults or computes wrong
+# values on the H100 while the interpreter is right (scripts/device/chunk_tiny_probe.py)
+MIN_TILE_16 = 64
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -54,27 +63,67 @@ def _dot_inputs(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _unit_lower_inverse(a, ri, BT: tl.constexpr, BB: tl.constexpr, PREC: tl.constexpr):
-    """(I + a)^-1 for a strictly lower-triangular [BT, BT]: forward substitution inside the BB x BB
-    diagonal blocks (row r of every block in one step), then block forward substitution down the block
-    rows. Keys of trained models are strongly aligned, which makes the product of repeated squarings
-    (I - a)(I + a^2)(I + a^4)... lose every digit by row ~40 in float32 (kernels/gated_delta_rule/NOTES.md)."""
-    eye = tl.where(ri[:, None] == ri[None, :], 1.0, 0.0)
-    rb = ri // BB  # [BT] block of each row
-    same = rb[:, None] == rb[None, :]
-    a_diag = tl.where(same, a, 0.0)
-    d = eye
-    for r in tl.static_range(1, BB):
-        # rows with in-block index r: d_i = e_i - sum_j a_ij d_j over the final rows j < i of its block
-        p = tl.dot(a_diag, d, input_precision=PREC)
-        d = tl.where((ri % BB == r)[:, None], eye - p, d)
-    a_off = tl.where(same, 0.0, a)
-    x = d
-    for b in tl.static_range(1, BT // BB):
-        # block row b: X_b = D_b - D_bb sum_{k<b} A_bk X_k, the rows X_k (k < b) being final
+def _hilo(x, dt: tl.constexpr):
+    """float32 x as hi + lo in the 16-bit dtype dt: about 16 mantissa bits, for two exact-product 16-bit dots."""
+    hi = x.to(dt)
+    return hi, (x - hi.to(tl.float32)).to(dt)
+
+
+@triton.jit
+def _dot_f32_x16(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a (float32) @ b (input dtype). 16-bit b: a as hi + lo, two 16-bit dots whose operands load straight
+    into shared memory (TF32 would convert b and keep 11 bits of a); float32 b: one IEEE dot."""
+    if b.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    hi, lo = _hilo(a, b.dtype)
+    return _dot_inputs(hi, b, PREC, UPCAST) + _dot_inputs(lo, b, PREC, UPCAST)
+
+
+@triton.jit
+def _dot_x16_f32(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a (input dtype) @ b (float32), as `_dot_f32_x16` with b split."""
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    hi, lo = _hilo(b, a.dtype)
+    return _dot_inputs(a, hi, PREC, UPCAST) + _dot_inputs(a, lo, PREC, UPCAST)
+
+
+@triton.jit
+def _dot_f32_f32(a, b, dt: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b, both float32: hi*hi + hi*lo + lo*hi in the 16-bit dtype dt (lo*lo is below float32's rounding)."""
+    ah, al = _hilo(a, dt)
+    bh, bl = _hilo(b, dt)
+    return _dot_inputs(ah, bh, PREC, UPCAST) + _dot_inputs(ah, bl, PREC, UPCAST) + _dot_inputs(al, bh, PREC, UPCAST)
+
+
+@triton.jit
+def _merge_blocks(a, x, ri, B: tl.constexpr, PREC: tl.constexpr):
+    """Block forward substitution from the inverted diagonal B-blocks x of (I + a) to its inverted
+    diagonal 4B-blocks: three block-row steps of two dots."""
+    blk = ri // B
+    same = blk[:, None] == blk[None, :]
+    a_off = tl.where(((ri // (4 * B))[:, None] == (ri // (4 * B))[None, :]) & ~same, a, 0.0)
+    d = x
+    for b in tl.static_range(1, 4):
+        # block row b of each 4B-block: X_b = D_b - D_b sum_{k<b} A_bk X_k, the rows X_k (k < b) final
         z = tl.dot(d, tl.dot(a_off, x, input_precision=PREC), input_precision=PREC)
-        x = tl.where((rb == b)[:, None], x - z, x)
+        x = tl.where((blk % 4 == b)[:, None], x - z, x)
     return x
+
+
+@triton.jit
+def _unit_lower_inverse(a, ri, PREC: tl.constexpr):
+    """(I + a)^-1 for a strictly lower-triangular [64, 64]: forward substitution inside 4-row blocks (row r
+    of every block in one step, 3 dots), then block forward substitution 4 -> 16 -> 64 (`_merge_blocks`,
+    6 dots each): 15 dependent dots (16-row blocks then block rows took 21: prep 0.313 against 0.285 ms at
+    T = 8192 on the H100). Keys of trained models are strongly aligned, which makes the product of repeated
+    squarings (I - a)(I + a^2)(I + a^4)... lose every digit by row ~40 in float32 (NOTES.md)."""
+    eye = tl.where(ri[:, None] == ri[None, :], 1.0, 0.0)
+    a_diag = tl.where((ri // 4)[:, None] == (ri // 4)[None, :], a, 0.0)
+    d = eye
+    for r in tl.static_range(1, 4):
+        d = tl.where((ri % 4 == r)[:, None], eye - tl.dot(a_diag, d, input_precision=PREC), d)
+    return _merge_blocks(a, _merge_blocks(a, d, ri, 4, PREC), ri, 16, PREC)
 
 
 @triton.jit(do_not_specialize=["T"])  # one binary for every prefill length
@@ -82,7 +131,7 @@ def _prep_kernel(
     k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, ks_ptr, T,
     s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    BB: tl.constexpr, PREC: tl.constexpr, STORE_KS: tl.constexpr,
+    PREC: tl.constexpr, STORE_KS: tl.constexpr, UPCAST: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -90,32 +139,33 @@ def _prep_kernel(
     ri = tl.arange(0, BT)
     rows = i_t * BT + ri
     live = rows < T
-    ck = tl.arange(0, BK)  # K padded to a power of two >= 16 for tl.dot; padding loads zeros
+    ck = tl.arange(0, BK)  # K padded to a power of two >= 16 (64 for 16-bit inputs); padding loads zeros
     km = live[:, None] & (ck < K)[None, :]
-    kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
-    kt = kt.to(tl.float32)
+    kin = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)  # [BT, BK]
+    kt = kin.to(tl.float32)
     rnorm = tl.rsqrt(tl.sum(kt * kt, 1) + 1e-6)  # [BT], as _l2norm_rows
     kt = kt * rnorm[:, None]  # [BT, BK]
     g = tl.load(g_ptr + rows * s_gt + i_h * s_gh, mask=live, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + rows * s_bt + i_h * s_bh, mask=live, other=0.0).to(tl.float32)
     G = tl.cumsum(g, 0)  # [BT]
     tl.store(gc_ptr + i_h * T + rows, G, mask=live)
-    kb = kt * beta[:, None]
     strict = ri[:, None] > ri[None, :]
     decay = tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.0))
-    a = tl.where(strict, tl.dot(kb, tl.trans(kt), input_precision=PREC) * decay, 0.0)  # [BT, BT]
-    inv = _unit_lower_inverse(a, ri, BT, BB, PREC)
-    w = tl.dot(inv, kb * tl.exp(G)[:, None], input_precision=PREC)  # [BT, BK]
+    a = tl.where(strict, tl.dot(kt * beta[:, None], tl.trans(kt), input_precision=PREC) * decay, 0.0)  # [BT, BT]
+    inv = _unit_lower_inverse(a, ri, PREC)
+    # the row scales of k (beta exp(G) / |k|) fold into inv's columns; k enters the dot as given
+    w = _dot_f32_x16(inv * (beta * rnorm * tl.exp(G))[None, :], kin, PREC, UPCAST)  # [BT, BK]
     tl.store(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], w.to(w_ptr.dtype.element_ty), mask=km)
     if STORE_KS:
         # rows past T hold G_last (g loads as 0 there), so the last row's G is the chunk's G_last
         g_last = tl.sum(tl.where(ri == BT - 1, G, 0.0), 0)
         tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp(g_last - G), mask=live)
+    inv_b = inv * beta[None, :]
     for v0 in tl.static_range(0, V, BV):
         cv = v0 + tl.arange(0, BV)
         vm = live[:, None] & (cv < V)[None, :]
         vt = tl.load(v_ptr + rows[:, None] * s_vt + i_h * s_vh + cv[None, :], mask=vm, other=0.0)
-        u = tl.dot(inv, vt.to(tl.float32) * beta[:, None], input_precision=PREC)  # [BT, BV]
+        u = _dot_f32_x16(inv_b, vt, PREC, UPCAST)  # [BT, BV]
         tl.store(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], u.to(u_ptr.dtype.element_ty), mask=vm)
 
 
@@ -165,7 +215,7 @@ def _scan_kernel(
 def _state_kernel(
     k_ptr, w_ptr, ks_ptr, u_ptr, gc_ptr, h_ptr, state_ptr, reset_ptr, T, NT, s_kt, s_kh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -185,17 +235,17 @@ def _state_kernel(
         km = live[:, None] & kin[None, :]
         vm = live[:, None] & vin[None, :]
         tl.store(h_head + i_t * K * V + tile, s.to(h_ptr.dtype.element_ty), mask=s_mask)
-        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0).to(tl.float32)
-        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0)  # [BT, BK]
+        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
         ks = tl.load(ks_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G_last - G) / |k|
         u_offs = (i_h * T + rows[:, None]) * V + cv[None, :]  # [BT, BV]
         u = tl.load(u_ptr + u_offs, mask=vm, other=0.0).to(tl.float32)
-        v_new = u - tl.dot(w, s, input_precision=PREC)  # [BT, BV]
+        v_new = u - _dot_x16_f32(w, s, PREC, UPCAST)  # [BT, BV]
         # v_new replaces u: each element of u is read by this program only, just above
-        tl.store(u_ptr + u_offs, v_new.to(u_ptr.dtype.element_ty), mask=vm)
+        tl.store(u_ptr + u_offs, v_new, mask=vm)
         g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
-        # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (a 16-bit input) exact in TF32
-        s = s * tl.exp(g_last) + tl.dot(tl.trans(kt), v_new * ks[:, None], input_precision=PREC)
+        # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (an input) exact in the dot
+        s = s * tl.exp(g_last) + _dot_x16_f32(tl.trans(kt), v_new * ks[:, None], PREC, UPCAST)
     tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
 
 
@@ -229,11 +279,15 @@ def _output_kernel(
     G = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
     h_offs = (i_h.to(tl.int64) * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
     h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(q_ptr.dtype.element_ty)
-    v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
+    v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0)  # [BT, BV] fp32
     causal = ri[:, None] >= ri[None, :]
     qk = _dot_inputs(qt, tl.trans(kt), PREC, UPCAST) * rq[:, None] * rk[None, :]  # [BT, BT]
     qk = tl.where(causal, qk * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
-    o = _dot_inputs(qt, h, PREC, UPCAST) * (rq * tl.exp(G))[:, None] + tl.dot(qk, v_new, input_precision=PREC)
+    if qt.dtype == tl.float32:
+        qkv = tl.dot(qk, v_new, input_precision=PREC)
+    else:
+        qkv = _dot_f32_f32(qk, v_new, qt.dtype, PREC, UPCAST)
+    o = _dot_inputs(qt, h, PREC, UPCAST) * (rq * tl.exp(G))[:, None] + qkv
     tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
 
 
@@ -267,14 +321,15 @@ def chunk_gated_delta_rule(
     o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     BT = CHUNK
     NT = (T + BT - 1) // BT
-    BK = max(16, triton.next_power_of_2(K))
-    PV = max(16, triton.next_power_of_2(V))
+    floor = 16 if v.dtype == torch.float32 else MIN_TILE_16
+    BK = max(floor, triton.next_power_of_2(K))
+    PV = max(floor, triton.next_power_of_2(V))
     group = Hv // Hk
     launcher(_prep_kernel)[(NT, Hv)](
         k, v, g, beta, w, u, gc, ks, T,
         k.stride(1), k.stride(2), v.stride(1), v.stride(2), g.stride(1), g.stride(2), beta.stride(1), beta.stride(2),
-        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), BB=16, PREC=prec, STORE_KS=split,
-        num_warps=4,
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), PREC=prec, STORE_KS=split,
+        UPCAST=INTERPRETED, num_warps=PREP_WARPS,
     )
     fp32_wide = v.dtype == torch.float32 and BK >= 128
     if split:
@@ -283,10 +338,10 @@ def chunk_gated_delta_rule(
         # fp32 w/k tiles at K=128 take ~64 KB per pipeline stage
         launcher(_state_kernel)[((V + BV - 1) // BV, Hv)](
             k, w, ks, u, gc, h, state, reset, T, NT, k.stride(1), k.stride(2),
-            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-            num_warps=4, num_stages=2 if fp32_wide else 3,
+            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, UPCAST=INTERPRETED,
+            num_warps=STATE_WARPS, num_stages=2 if fp32_wide else STATE_STAGES,
         )
-        BVO = min(PV, OUTPUT_BV)
+        BVO = min(PV, OUTPUT_BV_FP32 if v.dtype == torch.float32 else OUTPUT_BV)
         launcher(_output_kernel)[(NT, Hv, (V + BVO - 1) // BVO)](
             q, k, u, gc, h, o, T, NT,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
