@@ -97,9 +97,14 @@ def make(c: Case, device: str, T: int | None = None) -> dict:
     return x
 
 
-def truth(x: dict, state: torch.Tensor | None = None):
+def truth(x: dict, state: torch.Tensor | None = None, gates: str = "raw"):
+    """float64 recurrence. gates "raw": g and beta from the raw a, b in float64 (what the decode kernel takes);
+    "given": x's float32 g and beta, the chunk kernel's inputs, widened."""
     s = x["state"] if state is None else state
-    g, beta = gates64(x["a"], x["b"], x["A_log"], x["dt_bias"])
+    if gates == "raw":
+        g, beta = gates64(x["a"], x["b"], x["A_log"], x["dt_bias"])
+    else:
+        g, beta = x["g"].double(), x["beta"].double()
     return ref.naive_recurrence(x["q"].double(), x["k"].double(), x["v"].double(), g, beta, s.double())
 
 

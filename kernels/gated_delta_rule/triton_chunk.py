@@ -20,6 +20,8 @@ operands (k, q, w, h) as given, straight from memory into shared memory, and a f
 16-bit parts (`_dot_f32_x16`): two exact-product dots, about 16 mantissa bits, where TF32 would keep 11
 and stage both operands through registers (state pass 0.257 against 0.444 ms at T = 8192 on the H100).
 The WY inverse and the two-kernel scan keep TF32 (`PREC`).
+The cumulative decays G are summed and differenced in float64 (`_decay`): in float32, G_i - G_j loses |G| ulps
+and held the fp32 state error at 1e-5 where the last chunk is nearly full (T = 63, 127 on the H100).
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 @triton.jit
 def _l2norm_rows(x):
     return x * tl.rsqrt(tl.sum(x * x, 1) + 1e-6)[:, None]
+
+
+@triton.jit
+def _decay(G64, mask):
+    """exp(G_i - G_j) where mask, else 0, from float64 cumulative log decays G [BT]: the difference of two
+    float32 sums of up to 64 decays (|G| reaches hundreds) would lose |G| ulps, the state's largest error."""
+    return tl.where(mask, tl.exp(tl.where(mask, (G64[:, None] - G64[None, :]).to(tl.float32), 0.0)), 0.0)
 
 
 @triton.jit
@@ -147,10 +156,11 @@ def _prep_kernel(
     kt = kt * rnorm[:, None]  # [BT, BK]
     g = tl.load(g_ptr + rows * s_gt + i_h * s_gh, mask=live, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + rows * s_bt + i_h * s_bh, mask=live, other=0.0).to(tl.float32)
-    G = tl.cumsum(g, 0)  # [BT]
-    tl.store(gc_ptr + i_h * T + rows, G, mask=live)
+    G64 = tl.cumsum(g.to(tl.float64), 0)  # [BT]
+    tl.store(gc_ptr + i_h * T + rows, G64, mask=live)
+    G = G64.to(tl.float32)
     strict = ri[:, None] > ri[None, :]
-    decay = tl.exp(tl.where(strict, G[:, None] - G[None, :], 0.0))
+    decay = _decay(G64, strict)
     a = tl.where(strict, tl.dot(kt * beta[:, None], tl.trans(kt), input_precision=PREC) * decay, 0.0)  # [BT, BT]
     inv = _unit_lower_inverse(a, ri, PREC)
     # the row scales of k (beta exp(G) / |k|) fold into inv's columns; k enters the dot as given
@@ -158,8 +168,8 @@ def _prep_kernel(
     tl.store(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], w.to(w_ptr.dtype.element_ty), mask=km)
     if STORE_KS:
         # rows past T hold G_last (g loads as 0 there), so the last row's G is the chunk's G_last
-        g_last = tl.sum(tl.where(ri == BT - 1, G, 0.0), 0)
-        tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp(g_last - G), mask=live)
+        g_last = tl.sum(tl.where(ri == BT - 1, G64, 0.0), 0)
+        tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp((g_last - G64).to(tl.float32)), mask=live)
     inv_b = inv * beta[None, :]
     for v0 in tl.static_range(0, V, BV):
         cv = v0 + tl.arange(0, BV)
@@ -196,17 +206,18 @@ def _scan_kernel(
         qt = _l2norm_rows(qt.to(tl.float32)) * (K ** -0.5)  # [BT, BK]
         kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
         kt = _l2norm_rows(kt.to(tl.float32))
-        g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
+        g_last64 = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
         # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
-        G = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
+        G64 = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last64)
+        G, g_last = G64.to(tl.float32), g_last64.to(tl.float32)
         w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0).to(tl.float32)
         u = tl.load(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
         v_new = u - tl.dot(w, s, input_precision=PREC)  # [BT, BV]
         qk = tl.dot(qt, tl.trans(kt), input_precision=PREC)  # [BT, BT]
-        qk = tl.where(causal, qk * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
+        qk = qk * _decay(G64, causal)
         o = tl.dot(qt * tl.exp(G)[:, None], s, input_precision=PREC) + tl.dot(qk, v_new, input_precision=PREC)
         tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
-        kd = kt * tl.exp(g_last - G)[:, None]
+        kd = kt * tl.exp((g_last64 - G64).to(tl.float32))[:, None]
         s = s * tl.exp(g_last) + tl.dot(tl.trans(kd), v_new, input_precision=PREC)
     tl.store(state_ptr + s_offs, s, mask=s_mask)
 
@@ -243,7 +254,7 @@ def _state_kernel(
         v_new = u - _dot_x16_f32(w, s, PREC, UPCAST)  # [BT, BV]
         # v_new replaces u: each element of u is read by this program only, just above
         tl.store(u_ptr + u_offs, v_new, mask=vm)
-        g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
+        g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1).to(tl.float32)
         # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (an input) exact in the dot
         s = s * tl.exp(g_last) + _dot_x16_f32(tl.trans(kt), v_new * ks[:, None], PREC, UPCAST)
     tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
@@ -276,13 +287,14 @@ def _output_kernel(
     rk = tl.rsqrt(tl.sum(kf * kf, 1) + 1e-6)
     g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
     # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
-    G = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
+    G64 = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
+    G = G64.to(tl.float32)
     h_offs = (i_h.to(tl.int64) * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
     h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(q_ptr.dtype.element_ty)
     v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0)  # [BT, BV] fp32
     causal = ri[:, None] >= ri[None, :]
     qk = _dot_inputs(qt, tl.trans(kt), PREC, UPCAST) * rq[:, None] * rk[None, :]  # [BT, BT]
-    qk = tl.where(causal, qk * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
+    qk = qk * _decay(G64, causal)
     if qt.dtype == tl.float32:
         qkv = tl.dot(qk, v_new, input_precision=PREC)
     else:
@@ -316,7 +328,7 @@ def chunk_gated_delta_rule(
     # (float32 5.5e-3, two-kernel path 7.8e-3; NOTES.md). h stays in the input dtype, the dtype in which
     # the output pass's 16-bit q h dot takes it
     u = torch.empty((Hv, T, V), dtype=torch.float32 if split else scratch, device=v.device)
-    gc = torch.empty((Hv, T), dtype=torch.float32, device=v.device)
+    gc = torch.empty((Hv, T), dtype=torch.float64, device=v.device)
     ks = torch.empty((Hv, T), dtype=torch.float32, device=v.device) if split else gc  # gc: unused placeholder
     o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     BT = CHUNK

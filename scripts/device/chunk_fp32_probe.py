@@ -1,5 +1,6 @@
-"""Is the fp32 chunk kernels' state error moving? Fresh inputs per trial, each run twice on the same inputs
-(bitwise equal unless there is a race), errors against float64, the worst trial located by head and row.
+"""Is the fp32 chunk kernels' state error moving, and is it the kernels' or their float32 inputs'? Fresh inputs
+per trial, each run twice on the same inputs (bitwise equal unless there is a race), errors against the float64
+recurrence of the raw gates and of the given float32 g and beta, the worst trial located by head and row.
 
     python scripts/device/chunk_fp32_probe.py [--trials 40]
 """
@@ -21,12 +22,13 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=40)
     args = p.parse_args()
-    for T in (65, 127, 1000):
+    for T in (63, 65, 127, 1000):
         c = t.Case(T, 16, 32, 128, 128, torch.float32, "rand")
-        errs, unequal, worst = [], 0, None
+        errs, unequal, worst, given = [], 0, None, []
         for _ in range(args.trials):
             x = t.make(c, "cuda")
             o64, s64 = t.truth(x)
+            o64g, s64g = t.truth(x, gates="given")
             runs = []
             for _ in range(2):
                 s = x["state"].clone()
@@ -36,12 +38,16 @@ def main() -> int:
             unequal += int(not (torch.equal(o1, o2) and torch.equal(s1, s2)))
             e = (t.rel_rms(o1, o64), t.rel_rms(s1, s64))
             errs.append(e)
+            given.append((t.rel_rms(o1, o64g), t.rel_rms(s1, s64g)))
             if worst is None or e[1] > worst[0][1]:
                 worst = (e, (s1.double() - s64).abs()[0], s64.abs()[0], (o1.double() - o64).abs()[0])
         so = sorted(e[0] for e in errs)
         ss = sorted(e[1] for e in errs)
         print(f"T={T}: o median {so[len(so) // 2]:.2e} max {so[-1]:.2e}; state median "
               f"{ss[len(ss) // 2]:.2e} max {ss[-1]:.2e}; runs not bitwise equal: {unequal}/{args.trials}")
+        go, gs = sorted(e[0] for e in given), sorted(e[1] for e in given)
+        print(f"  against the float64 recurrence of the given float32 g, beta: o median {go[len(go) // 2]:.2e} "
+              f"max {go[-1]:.2e}; state median {gs[len(gs) // 2]:.2e} max {gs[-1]:.2e}")
         (eo, es), ds, mag, do = worst
         per_head = ds.flatten(1).max(1).values  # [Hv]
         h = int(per_head.argmax())
