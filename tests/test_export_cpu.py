@@ -1,7 +1,7 @@
 """CPU artifacts of the tiny checkpoints of all three families, run through `executorch.runtime`.
 
-One export per family (module scope; the qwen3_5 one through the `gdn-export` command, with a real
-tokenizer, chat template and generation config added to the checkpoint). Greedy tokens after a prompt
+One export per family (module scope, through the `gdn-export` command, the three side by side; the
+qwen3_5 checkpoint gets a real tokenizer, chat template and generation config). Greedy tokens after a prompt
 longer than the prefill bound (so the prompt is prefilled in chunks) must equal our eager model's, which
 prefills the whole prompt in one call; logits are checked against a float64 eager model.
 """
@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from gdn.export.checkpoint import load_model
-from gdn.export.pipeline import ExportOptions, run_export
 from gdn.runner.artifact import Artifact, Metadata
 from gdn.runner.methods import load_methods
 
@@ -46,25 +45,28 @@ def add_tokenizer(folder, vocab_size: int) -> None:
 
 @pytest.fixture(scope="module")
 def artifacts(hf_checkpoints, tmp_path_factory):
-    out = {}
+    """The three exports run side by side (`gdn-export` processes): they are most of this file's time."""
+    out, jobs = {}, {}
     for name in FAMILIES:
-        src, _ = hf_checkpoints(name)
+        ckpt, _ = hf_checkpoints(name)
         folder = tmp_path_factory.mktemp(f"cpu_{name}")
         pte = folder / "model.pte"
         if name == "qwen3_5":
-            ckpt = folder / "ckpt"
-            shutil.copytree(src, ckpt)
+            ckpt = shutil.copytree(ckpt, folder / "ckpt")
             add_tokenizer(ckpt, json.loads((ckpt / "config.json").read_text())["vocab_size"])
-            cmd = [sys.executable, "-m", "gdn.export.cli", str(pte), "--checkpoint", str(ckpt), "--backend", "cpu",
-                   "--max-seq-len", str(MAX_SEQ)]
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            assert run.returncode == 0, run.stderr
-            for stage in ("load weights", "export prefill", "export decode", "lower and compile", "write"):
-                assert stage in run.stderr
-        else:
-            ckpt = src
-            run_export(ExportOptions(output=pte, checkpoint=ckpt, backend="cpu", max_seq_len=MAX_SEQ))
+        cmd = [sys.executable, "-m", "gdn.export.cli", str(pte), "--checkpoint", str(ckpt), "--backend", "cpu",
+               "--max-seq-len", str(MAX_SEQ)]
+        jobs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out[name] = (ckpt, pte)
+    try:
+        for name, job in jobs.items():
+            _, err = job.communicate(timeout=900)
+            assert job.returncode == 0, f"{name}: {err[-2000:]}"
+            for stage in ("load weights", "export prefill", "export decode", "lower and compile", "write"):
+                assert stage in err, f"{name}: no {stage!r} in the progress lines"
+    finally:
+        for job in jobs.values():
+            job.kill()
     return out
 
 
