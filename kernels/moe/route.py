@@ -32,14 +32,15 @@ def route_row(
     slots = tl.arange(0, K_P2)
     ids = tl.zeros([K_P2], dtype=tl.int32)
     top = tl.zeros([K_P2], dtype=tl.float32)
-    left = logit
+    # taken experts leave `free` rather than turning -inf, so that -inf logits are still picked after them
+    # (in index order, weight 0), as by the reference, when top-k exceeds the finite logits
+    free = valid
     for j in tl.static_range(TOP_K):
-        best = tl.max(left, 0)
-        pick = tl.min(tl.where(left == best, offs, E_P2), 0)
-        pick = tl.minimum(pick, E - 1)  # only reachable when every remaining logit is -inf (weight 0)
+        best = tl.max(tl.where(free, logit, float("-inf")), 0)
+        pick = tl.min(tl.where(free & (logit == best), offs, E_P2), 0)
         ids = tl.where(slots == j, pick, ids)
         top = tl.where(slots == j, tl.sum(tl.where(offs == pick, prob, 0.0), 0), top)
-        left = tl.where(offs == pick, float("-inf"), left)
+        free = free & (offs != pick)
     if RENORM:
         top = top / tl.sum(top, 0)
     else:
