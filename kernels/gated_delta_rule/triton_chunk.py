@@ -287,9 +287,9 @@ def _output_kernel(
     qf, kf = qt.to(tl.float32), kt.to(tl.float32)
     rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * (K ** -0.5)  # [BT], as _l2norm_rows
     rk = tl.rsqrt(tl.sum(kf * kf, 1) + 1e-6)
-    g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
+    g_last64 = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
     # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
-    G64 = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last)
+    G64 = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last64)
     G = G64.to(tl.float32)
     h_offs = (i_h.to(tl.int64) * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
     h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(q_ptr.dtype.element_ty)

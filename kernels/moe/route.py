@@ -127,4 +127,3 @@ def route_any(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.cons
     else:
         ids, top = route_row(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
     return ids, top
-
