@@ -16,7 +16,7 @@ import torch
 
 from gdn.kernels.moe import op, reference
 from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_route
-from gdn.kernels.moe.prefill import group_by_expert
+from gdn.kernels.moe.prefill import PrefillConfig, group_by_expert, moe_prefill
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -181,6 +181,26 @@ def test_packed_top_k_equals_argmax_rounds_interpreted(E, top_k, mode, renorm, p
     want_w, want_ids = reference.route_stable(logits.double(), top_k, renorm)
     assert got["packed"][0].tolist() == want_ids[0].tolist()
     torch.testing.assert_close(got["packed"][1].double(), want_w[0], rtol=1e-6, atol=1e-7)
+
+
+PREFILL_CONFIGS = {
+    "argmax-blocks-first": PrefillConfig(pick="argmax", n_first=False),
+    "n-first-bm16": PrefillConfig(block_m=16, block_n=16, block_k=16, down_block_n=16),
+}
+
+
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("mode", ["random", "ties", "cold"])
+@pytest.mark.parametrize("T,E,top_k,H,I", [(65, 8, 2, 48, 20), (7, 64, 8, 64, 32)], ids=["T65-E8-k2", "T7-E64-k8"])
+@pytest.mark.parametrize("cfg", PREFILL_CONFIGS.values(), ids=PREFILL_CONFIGS.keys())
+def test_prefill_configs_interpreted(cfg, T, E, top_k, H, I, mode, poisoned):
+    """The prefill's other router methods and grid orders (the default runs in test_triton_moe_interpreted)."""
+    x = torch.randn(T, H)
+    logits = make_logits(T, E, mode, torch.float32, "cpu")
+    gate_up, down = make_weights(E, H, I, torch.float32, "cpu")
+    renorm = mode != "cold"
+    got = moe_prefill(x, logits, gate_up, down, top_k, renorm, cfg=cfg)
+    check(got, x, logits, gate_up, down, top_k, renorm, mode)
 
 
 GROUP_CASES = [(1, 8, 2, 16), (9, 6, 2, 4), (65, 64, 8, 16), (63, 512, 10, 128), (333, 16, 4, 128)]
