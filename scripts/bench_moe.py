@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from gdn.kernels.moe import op, reference
-from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_down, decode_gate_up, moe_decode
+from gdn.kernels.moe.decode import BASELINE, RUN4, UNROLLED, DecodeConfig, decode_down, decode_gate_up, moe_decode
 from gdn.kernels.moe.prefill import PrefillConfig, moe_prefill
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
@@ -112,7 +112,8 @@ def fmt(v, spec=".1f") -> str:
 
 DESIGNS = [  # (name, config): the measured design, the new kernels, and each new part alone
     ("baseline (runs 1-3)", BASELINE),
-    ("baseline + router kernel (default)", DecodeConfig()),
+    ("baseline + router kernel (run 4 default)", RUN4),
+    ("router kernel + unrolled kernel 1 + tile kernel 2 (default)", DecodeConfig()),
     ("baseline + packed top-k", replace(BASELINE, pick="packed")),
     ("unrolled, inline packed router", replace(UNROLLED, router="inline")),
     ("unrolled + router kernel", UNROLLED),

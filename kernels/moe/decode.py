@@ -31,14 +31,14 @@ CHOICES = {"router": ("inline", "kernel"), "pick": ("argmax", "packed"), "gate_u
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """The defaults are the fastest design measured on the H100 (kernels/moe/NOTES.md, run 4): the router
-    kernel in front of the tile kernels of runs 1-3 (`BASELINE`)."""
+    """The defaults are the fastest design measured on the H100 (kernels/moe/NOTES.md, run 5): the router
+    kernel, the unrolled kernel 1 and the tile kernel 2 of runs 1-3 (`BASELINE`)."""
 
     router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
     pick: str = "argmax"
-    gate_up: str = "tile"
+    gate_up: str = "unrolled"
     down: str = "tile"
-    block_i: int = 4  # gate/up rows per program (of each of gate and up)
+    block_i: int = 2  # gate/up rows per program (of each of gate and up)
     block_h: int = 2048  # columns per step of the gate/up mat-vec
     block_out: int = 4  # output rows per program of the down mat-vec
     block_inner: int = 512  # "unrolled" down: columns per step (per slot)
@@ -56,7 +56,9 @@ class DecodeConfig:
 BASELINE = DecodeConfig(router="inline", pick="argmax", gate_up="tile", down="tile", block_i=4, block_h=2048,
                         block_out=4, tile_down=16384, warps_gate_up=8, warps_down=8)
 # the unrolled kernels behind the router kernel: kernel 1 faster, kernel 2 3.5x slower than the tile kernel (run 4)
-UNROLLED = DecodeConfig(pick="packed", gate_up="unrolled", down="unrolled", block_h=512, warps_gate_up=4)
+UNROLLED = DecodeConfig(pick="packed", gate_up="unrolled", down="unrolled", block_i=4, block_h=512, warps_gate_up=4)
+# run 4's default: the router kernel in front of the tile kernels
+RUN4 = DecodeConfig(gate_up="tile", block_i=4)
 
 
 @triton.jit

@@ -19,8 +19,9 @@ from .prefill import moe_prefill
 
 require_package_import(__name__)
 
-# The ops' one-token kernels: the router kernel in front of the tile kernels (DecodeConfig()), verified inside
-# CUDA artifacts on the H100 (tests/test_export_cuda.py) and 18 % faster than `decode.BASELINE` in scripts/bench_moe.py.
+# The ops' one-token kernels (DecodeConfig(): router kernel, unrolled kernel 1, tile kernel 2), verified inside
+# CUDA artifacts on the H100 (tests/test_export_cuda.py); 32.1 us routed against 34.2 for run 4's default and
+# 42.4 for `decode.BASELINE` (kernels/moe/NOTES.md, run 5).
 ARTIFACT_DECODE = DecodeConfig()
 
 

@@ -12,15 +12,15 @@ import torch
 
 sys.path.insert(0, "scripts")
 import bench_moe as bm  # noqa: E402
-from gdn.kernels.moe.decode import DecodeConfig, decode_route  # noqa: E402
+from gdn.kernels.moe.decode import RUN4, DecodeConfig, decode_route  # noqa: E402
 
 BASE = DecodeConfig()
 DESIGNS = {
     "default": BASE,
-    "router packed": replace(BASE, pick="packed"),
-    "inline packed": replace(BASE, router="inline", pick="packed"),
-    "unrolled k1 2x512 w4": replace(BASE, gate_up="unrolled", block_i=2, block_h=512, warps_gate_up=4),
-    "unrolled k1 2x1024 w4": replace(BASE, gate_up="unrolled", block_i=2, block_h=1024, warps_gate_up=4),
+    "run 4 default (tile kernel 1, 4 x 2048)": RUN4,
+    "unrolled k1 2x1024 w4": replace(BASE, block_h=1024, warps_gate_up=4),
+    "unrolled k1 4x1024 w8": replace(BASE, block_i=4, block_h=1024),
+    "default, router packed": replace(BASE, pick="packed"),
 }
 
 
