@@ -33,6 +33,10 @@ class PrefillConfig:
     pick: str = "packed"  # the router's top-k method: "packed" 34.6 us, "argmax" 45.9 us at T = 8192 (NOTES.md)
     n_first: bool = True  # grid order: a block's N tiles run next to each other, so its rows are read once from HBM
 
+    def __post_init__(self):
+        if self.pick not in ("argmax", "packed"):
+            raise ValueError(f"PrefillConfig.pick must be 'argmax' or 'packed', got {self.pick!r}")
+
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 GROUP_BLOCK = 256  # pairs per program of the grouping kernels
