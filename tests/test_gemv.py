@@ -1,7 +1,8 @@
 """Triton one-token projection (gdn::gemv) against a float64 computation.
 
-Tolerances (relative RMS of y against float64 from the same rounded inputs): float32 1e-5; bfloat16 1e-2
-(y itself, and the silu_mul activation, are rounded to bf16). CPU cases run the kernel through
+Tolerances (against float64 from the same rounded inputs): float32 1e-5; bfloat16 1e-2 (y itself, and the
+silu_mul activation, are rounded to bf16), of every output's forward-error scale sum_k |a_k w_nk| and, with
+more than one output, of y's RMS. CPU cases run the kernel through
 TRITON_INTERPRET=1 at small odd shapes; `cuda` cases use the projection shapes of Qwen3.5-2B.
 """
 
@@ -21,12 +22,16 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def truth(x: torch.Tensor, w: torch.Tensor, act: str) -> torch.Tensor:
+def activation64(x: torch.Tensor, act: str) -> torch.Tensor:
     x64 = x.double()
     if act == "silu_mul":
         gate, up = x64.chunk(2, dim=-1)
         x64 = F.silu(gate) * up
-    return x64 @ w.double().T
+    return x64
+
+
+def truth(x: torch.Tensor, w: torch.Tensor, act: str) -> torch.Tensor:
+    return activation64(x, act) @ w.double().T
 
 
 def gemv_matches(N: int, K: int, act: str, dtype, device: str, cfg: GemvConfig | None = None) -> None:
@@ -36,8 +41,14 @@ def gemv_matches(N: int, K: int, act: str, dtype, device: str, cfg: GemvConfig |
     out = torch.full((1, N), float("nan"), dtype=dtype, device=device)
     y = triton_gemv.gemv(x, w, act, cfg, out=out)
     assert y.data_ptr() == out.data_ptr() and torch.isfinite(y).all()
-    err = ((y.double() - want).square().mean().sqrt() / want.square().mean().sqrt()).item()
-    assert err < TOL[dtype], f"y rel rms {err:.2e}"
+    diff = (y.double() - want).abs()  # [1, N]
+    # every output within the dot product's forward-error scale sum_k |a_k w_nk|
+    bound = activation64(x, act).abs() @ w.double().abs().T
+    assert (diff <= TOL[dtype] * bound).all(), f"max err / bound {(diff / bound).max().item():.2e}"
+    if N > 1:
+        # a single output can cancel to near zero (N 1, K 16 bf16 reached 3e-2 relative), so relative RMS over rows
+        err = (diff.square().mean().sqrt() / want.square().mean().sqrt()).item()
+        assert err < TOL[dtype], f"y rel rms {err:.2e}"
 
 
 CPU_SHAPES = [(1, 16), (63, 65), (65, 1000), (200, 37)]
