@@ -3,7 +3,7 @@
 - decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes, a sweep of tiles and warps: us/call,
   bytes, GB/s against a device-to-device copy of the same bytes and of 1 GiB measured here; states rotate
   through more memory than L2 holds.
-- chunked prefill at T = 1024, 4096, 8192: the split path (default, and at state-pass V tile 16) and the
+- chunked prefill at T = 1024, 4096, 8192: the split path (default, and with session 9's precision) and the
   two-kernel path, beside FLA's chunk_gated_delta_rule (if importable), eager and graphed, each with its
   per-kernel split.
 - causal conv1d: us/call, decode and prefill.
@@ -159,7 +159,8 @@ def kernel_split(fn) -> str:
 
 PREFILL_PATHS = (  # row label, result-key slug, keywords of triton_chunk.chunk_gated_delta_rule
     ("split (default)", "split", {}),
-    ("split BV=16", "split_bv16", dict(block_v=16)),
+    ("split, session 9 precision", "split_s9",
+     dict(precision=triton_chunk.Precision16(ws_split=True, vnew_16=False, qkv_terms=3))),
     ("two-kernel", "two_kernel", dict(split=False)),
 )
 

@@ -38,16 +38,27 @@ def emulate_tf32() -> None:
     interpreter.InterpreterBuilder.create_dot = create_dot
 
 
-VARIANTS = [  # label, keywords of chunk_gated_delta_rule
-    ("split", {}),
-    ("two-kernel", dict(split=False)),
-]
+def variants(only: str | None) -> list[tuple[str, dict]]:
+    """label, keywords of chunk_gated_delta_rule."""
+    from gdn.kernels.gated_delta_rule.triton_chunk import Precision16
+
+    out = [
+        ("split", {}),
+        ("two-kernel", dict(split=False)),
+        ("u16", dict(precision=Precision16(u_16=True))),
+        ("vn32", dict(precision=Precision16(vnew_16=False, qkv_terms=3))),
+        ("session9", dict(precision=Precision16(ws_split=True, vnew_16=False, qkv_terms=3))),
+        ("update1", dict(precision=Precision16(update_split=False))),
+        ("all1", dict(precision=Precision16(update_split=False, qkv_terms=1))),
+    ]
+    return [v for v in out if only is None or v[0] in only.split(",")]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--T", type=int, default=500)
+    parser.add_argument("--only", help="comma-separated variant labels")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("prefill_precision: run with TRITON_INTERPRET=1", file=sys.stderr)
@@ -57,10 +68,10 @@ def main() -> int:
 
     from gdn.kernels.gated_delta_rule import triton_chunk
 
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in (torch.bfloat16,) if args.only else (torch.bfloat16, torch.float32):
         for keys in ("random", "aligned"):
             c = t.Case(args.T, 2, 4, 128, 128, dtype, "rand", keys)
-            for path, kw in VARIANTS:
+            for path, kw in variants(args.only):
                 errs = []
                 for seed in range(args.seeds):
                     torch.manual_seed(seed)

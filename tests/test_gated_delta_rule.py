@@ -208,6 +208,32 @@ def test_prefill_then_decode_cpu(c, split):
     prefill_then_decode(c, "cpu", split=split)
 
 
+PRECISIONS = {  # Precision16 choices other than the default, which the benchmark and probes compare
+    "S-split-fp32-scratch": triton_chunk.Precision16(ws_split=True, vnew_16=False, qkv_terms=3),
+    "u16": triton_chunk.Precision16(u_16=True),
+    "all-rounded": triton_chunk.Precision16(update_split=False, qkv_terms=1),
+}
+
+
+@interpreted
+@pytest.mark.parametrize("name", list(PRECISIONS))
+@pytest.mark.parametrize("c", params([Case(65, 2, 4, 64, 64, torch.bfloat16, "rand")]))
+def test_chunk_precision_choices_cpu(c, name):
+    x = make(c, "cpu")
+    o64, s64 = truth(x)
+    state = x["state"].clone()
+    out = torch.full_like(x["v"], float("nan"))
+    o = triton_chunk.chunk_gated_delta_rule(
+        x["q"], x["k"], x["v"], x["g"], x["beta"], state, torch.tensor([False]), out=out, precision=PRECISIONS[name]
+    )
+    check(c, o, state, o64, s64)
+
+
+def test_precision_choice_checked():
+    with pytest.raises(ValueError, match="qkv_terms must be 1, 2 or 3, got 4"):
+        triton_chunk.Precision16(qkv_terms=4)
+
+
 def test_bad_heads_named():
     q = torch.randn(1, 3, 3, 16)
     v = torch.randn(1, 3, 4, 16)

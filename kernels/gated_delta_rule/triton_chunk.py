@@ -2,23 +2,23 @@
 
 1. `_prep_kernel`, grid (chunks, Hv), fully parallel: per chunk of BT tokens, L2-norm k, the in-chunk
    cumulative log decay G, the WY matrix T = (I + strict_lower(beta k k^T * exp(G_i - G_j)))^-1 by
-   forward substitution (4-row blocks, then block rows 4 -> 16 -> 64), and w = T (beta k exp(G)) [BT, K],
-   u = T (beta v) [BT, V] written to scratch; for the split path also the row scale of k
-   ks = exp(G_last - G) / |k| [BT].
+   recursive 2 x 2 block inversion (2-row blocks elementwise, then 2 -> 4 -> ... -> 64), and
+   w = T (beta k exp(G)) [BT, K], u = T (beta v) [BT, V] written to scratch; for the split path also the
+   row scale of k ks = exp(G_last - G) / |k| and the chunk decay exp(G_last) per row [BT].
 Split path (default):
 2. `_state_kernel`, grid (V / BV, Hv), sequential over chunks with the state tile [K, BV] in registers:
-   stores S (the state at the chunk start) into h [Hv, NT, K, V], v_new = u - w S over u in place,
-   then S <- S exp(G_last) + (k ks)^T v_new: two dots per chunk, k read as given (no norm, no rounding
-   of a decayed copy). The state is read once and written once.
+   stores S (the state at the chunk start) into h [Hv, NT, K, V], v_new = u - w S (over u where their
+   dtypes agree), then S <- S exp(G_last) + (k ks)^T v_new: k read as given (no norm, no rounding of a
+   decayed copy). The state is read once and written once.
 3. `_output_kernel`, grid (NT, Hv, V / BVO), fully parallel:
    o = (q exp(G)) h + causal(q k^T exp(G_i - G_j)) v_new, with q and k as given in q k^T and q h and
    their norms applied to the products.
 Two-kernel path (`split=False`, kept for A/B timing): `_scan_kernel`, grid (V / BV, Hv), does 2 and 3 in
 one sequential walk over the chunks (five dots per chunk).
 Dots on float32 inputs use IEEE float32. On 16-bit inputs, the split path's dots take their 16-bit
-operands (k, q, w, h) as given, straight from memory into shared memory, and a float32 operand as hi + lo
-16-bit parts (`_dot_f32_x16`): two exact-product dots, about 16 mantissa bits, where TF32 would keep 11
-and stage both operands through registers (state pass 0.257 against 0.444 ms at T = 8192 on the H100).
+operands (k, q, w, h) as given, straight from memory into shared memory, and a float32 operand either as
+hi + lo 16-bit parts (`_dot_f32_x16`: two exact-product dots, about 16 mantissa bits, where TF32 would keep
+11 and stage both operands through registers) or rounded to 16 bits, as `Precision16` says.
 The WY inverse and the two-kernel scan keep TF32 (`PREC`).
 The cumulative decays G are summed and differenced in float64 (`_decay`): in float32, G_i - G_j loses |G| ulps
 and held the fp32 state error at 1e-5 where the last chunk is nearly full (T = 63, 127 on the H100).
@@ -27,6 +27,7 @@ and held the fp32 state error at 1e-5 where the last chunk is nearly full (T = 6
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -49,6 +50,27 @@ OUTPUT_WARPS = 4  # 4 of 4 and 8 the fastest on the H100
 # values on the H100 while the interpreter is right (scripts/device/chunk_tiny_probe.py)
 MIN_TILE_16 = 64
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True)
+class Precision16:
+    """Precision choices of the split path on 16-bit inputs (float32 inputs ignore them): which dots keep
+    their float32 operand as hi + lo 16-bit parts (two exact-product dots) or round it to the input dtype (one
+    dot), and in which dtype the u and v_new scratch is stored. Against session 9's choices (S split, u and
+    v_new in float32) the defaults take 0.62 for 0.75 ms at T = 8192 and raise the o error from 1.7e-3 to
+    2.4e-3 (aligned keys 2.2e-3 to 4.3e-3; states unchanged), about half of FLA 0.6.0's on the same inputs
+    (H100, T = 1000, NOTES.md session 10). u in 16 bits would give a further 5 % but takes the interpreter
+    test's aligned case to 8.5e-3 of its 1e-2 tolerance."""
+
+    ws_split: bool = False  # v_new = u - w S: S as hi + lo (w itself is stored in 16 bits)
+    update_split: bool = True  # S += k^T (ks v_new): v_new as hi + lo
+    qkv_terms: int = 2  # causal(q k^T) v_new: 3 = both split, 2 = q k^T split and v_new rounded, 1 = both rounded
+    vnew_16: bool = True  # v_new stored in the input dtype (else float32)
+    u_16: bool = False  # u stored in the input dtype (else float32)
+
+    def __post_init__(self) -> None:
+        if self.qkv_terms not in (1, 2, 3):
+            raise ValueError(f"qkv_terms must be 1, 2 or 3, got {self.qkv_terms}")
 
 
 @triton.jit
@@ -100,6 +122,14 @@ def _dot_x16_f32(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _dot_x16_f32x(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """`_dot_x16_f32` where SPLIT, else one 16-bit dot with b rounded to a's dtype (8 mantissa bits)."""
+    if SPLIT or a.dtype == tl.float32:
+        return _dot_x16_f32(a, b, PREC, UPCAST)
+    return _dot_inputs(a, b.to(a.dtype), PREC, UPCAST)
+
+
+@triton.jit
 def _dot_f32_f32(a, b, dt: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """a @ b, both float32: hi*hi + hi*lo + lo*hi in the 16-bit dtype dt (lo*lo is below float32's rounding)."""
     ah, al = _hilo(a, dt)
@@ -108,38 +138,34 @@ def _dot_f32_f32(a, b, dt: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexp
 
 
 @triton.jit
-def _merge_blocks(a, x, ri, B: tl.constexpr, PREC: tl.constexpr):
-    """Block forward substitution from the inverted diagonal B-blocks x of (I + a) to its inverted
-    diagonal 4B-blocks: three block-row steps of two dots."""
-    blk = ri // B
-    same = blk[:, None] == blk[None, :]
-    a_off = tl.where(((ri // (4 * B))[:, None] == (ri // (4 * B))[None, :]) & ~same, a, 0.0)
-    d = x
-    for b in tl.static_range(1, 4):
-        # block row b of each 4B-block: X_b = D_b - D_b sum_{k<b} A_bk X_k, the rows X_k (k < b) final
-        z = tl.dot(d, tl.dot(a_off, x, input_precision=PREC), input_precision=PREC)
-        x = tl.where((blk % 4 == b)[:, None], x - z, x)
-    return x
+def _double_blocks(x, a, ri, B: tl.constexpr, PREC: tl.constexpr):
+    """From X = (I + a within B-row blocks)^-1 to the inverse within 2B-row blocks: X - (X L) X, L the
+    lower-left B-blocks of a inside each 2B-block."""
+    lower = ((ri // (2 * B))[:, None] == (ri // (2 * B))[None, :]) & ((ri // B)[:, None] != (ri // B)[None, :])
+    xl = tl.dot(x, tl.where(lower, a, 0.0), input_precision=PREC)  # [BT, BT]
+    return x - tl.dot(xl, x, input_precision=PREC)
 
 
 @triton.jit
 def _unit_lower_inverse(a, ri, PREC: tl.constexpr):
-    """(I + a)^-1 for a strictly lower-triangular [64, 64]: forward substitution inside 4-row blocks (row r
-    of every block in one step, 3 dots), then block forward substitution 4 -> 16 -> 64 (`_merge_blocks`,
-    6 dots each): 15 dependent dots (16-row blocks then block rows took 21: prep 0.313 against 0.285 ms at
-    T = 8192 on the H100). Keys of trained models are strongly aligned, which makes the product of repeated
-    squarings (I - a)(I + a^2)(I + a^4)... lose every digit by row ~40 in float32 (NOTES.md)."""
-    eye = tl.where(ri[:, None] == ri[None, :], 1.0, 0.0)
-    a_diag = tl.where((ri // 4)[:, None] == (ri // 4)[None, :], a, 0.0)
-    d = eye
-    for r in tl.static_range(1, 4):
-        d = tl.where((ri % 4 == r)[:, None], eye - tl.dot(a_diag, d, input_precision=PREC), d)
-    return _merge_blocks(a, _merge_blocks(a, d, ri, 4, PREC), ri, 16, PREC)
+    """(I + a)^-1 for a strictly lower-triangular [64, 64], by recursive 2 x 2 block inversion: X inverts
+    I + a within b-row blocks; with L the lower-left b-blocks of a inside each 2b-block (L X L = 0),
+    (I + a within 2b-blocks)^-1 = X - (X L) X. b = 1 is elementwise (X = I - a within 2-row blocks); five
+    levels b = 2 .. 32 are 10 dependent dots, where X L takes X from registers and the L masks are known up
+    front. Keys of trained models are strongly aligned, which makes the product of repeated squarings
+    (I - a)(I + a^2)(I + a^4)... lose every digit by row ~40 in float32 (NOTES.md); block inversion does not."""
+    same2 = (ri // 2)[:, None] == (ri // 2)[None, :]
+    x = tl.where(ri[:, None] == ri[None, :], 1.0, tl.where(same2, -a, 0.0))
+    x = _double_blocks(x, a, ri, 2, PREC)
+    x = _double_blocks(x, a, ri, 4, PREC)
+    x = _double_blocks(x, a, ri, 8, PREC)
+    x = _double_blocks(x, a, ri, 16, PREC)
+    return _double_blocks(x, a, ri, 32, PREC)
 
 
 @triton.jit(do_not_specialize=["T"])  # one binary for every prefill length
 def _prep_kernel(
-    k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, ks_ptr, T,
+    k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, ks_ptr, el_ptr, T,
     s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     PREC: tl.constexpr, STORE_KS: tl.constexpr, UPCAST: tl.constexpr,
@@ -155,7 +181,6 @@ def _prep_kernel(
     kin = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)  # [BT, BK]
     kt = kin.to(tl.float32)
     rnorm = tl.rsqrt(tl.sum(kt * kt, 1) + 1e-6)  # [BT], as _l2norm_rows
-    kt = kt * rnorm[:, None]  # [BT, BK]
     g = tl.load(g_ptr + rows * s_gt + i_h * s_gh, mask=live, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + rows * s_bt + i_h * s_bh, mask=live, other=0.0).to(tl.float32)
     G64 = tl.cumsum(g.to(tl.float64), 0)  # [BT]
@@ -163,7 +188,9 @@ def _prep_kernel(
     G = G64.to(tl.float32)
     strict = ri[:, None] > ri[None, :]
     decay = _decay(G64, strict)
-    a = tl.where(strict, tl.dot(kt * beta[:, None], tl.trans(kt), input_precision=PREC) * decay, 0.0)  # [BT, BT]
+    # k k^T on k as given (16-bit dots multiply it exactly), the norms and beta scale the product
+    kk = _dot_inputs(kin, tl.trans(kin), PREC, UPCAST) * (beta * rnorm)[:, None] * rnorm[None, :]
+    a = tl.where(strict, kk * decay, 0.0)  # [BT, BT]
     inv = _unit_lower_inverse(a, ri, PREC)
     # the row scales of k (beta exp(G) / |k|) fold into inv's columns; k enters the dot as given
     w = _dot_f32_x16(inv * (beta * rnorm * tl.exp(G))[None, :], kin, PREC, UPCAST)  # [BT, BK]
@@ -172,6 +199,7 @@ def _prep_kernel(
         # rows past T hold G_last (g loads as 0 there), so the last row's G is the chunk's G_last
         g_last = tl.sum(tl.where(ri == BT - 1, G64, 0.0), 0)
         tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp((g_last - G64).to(tl.float32)), mask=live)
+        tl.store(el_ptr + i_h * T + rows, tl.zeros_like(g) + tl.exp(g_last.to(tl.float32)), mask=live)
     inv_b = inv * beta[None, :]
     for v0 in tl.static_range(0, V, BV):
         cv = v0 + tl.arange(0, BV)
@@ -226,9 +254,9 @@ def _scan_kernel(
 
 @triton.jit(do_not_specialize=["T", "NT"])
 def _state_kernel(
-    k_ptr, w_ptr, ks_ptr, u_ptr, gc_ptr, h_ptr, state_ptr, reset_ptr, T, NT, s_kt, s_kh,
+    k_ptr, w_ptr, ks_ptr, el_ptr, u_ptr, vn_ptr, h_ptr, state_ptr, reset_ptr, T, NT, s_kt, s_kh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, WS_SPLIT: tl.constexpr, UPDATE_SPLIT: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -242,23 +270,27 @@ def _state_kernel(
     s = tl.where(tl.load(reset_ptr), 0.0, tl.load(state_ptr + i_h * K * V + tile, mask=s_mask, other=0.0))
     # int64: Hv * NT * K * V passes 2^31 at T ~ 256k (Hv = 32, K = V = 128)
     h_head = h_ptr + i_h.to(tl.int64) * NT * K * V
+    # each row's chunk decay exp(G_last), loaded one chunk ahead: the pipeliner prefetches only loads that feed
+    # dots, and a load in the chunk that uses it would put a memory round trip on the chain every chunk
+    el_next = tl.load(el_ptr + i_h * T + ri, mask=ri < T, other=0.0)  # [BT]
     for i_t in tl.range(0, NT):
         rows = i_t * BT + ri
         live = rows < T
         km = live[:, None] & kin[None, :]
         vm = live[:, None] & vin[None, :]
+        el = el_next
+        el_next = tl.load(el_ptr + i_h * T + rows + BT, mask=rows + BT < T, other=0.0)
         tl.store(h_head + i_t * K * V + tile, s.to(h_ptr.dtype.element_ty), mask=s_mask)
         w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0)  # [BT, BK]
         kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
         ks = tl.load(ks_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G_last - G) / |k|
         u_offs = (i_h * T + rows[:, None]) * V + cv[None, :]  # [BT, BV]
         u = tl.load(u_ptr + u_offs, mask=vm, other=0.0).to(tl.float32)
-        v_new = u - _dot_x16_f32(w, s, PREC, UPCAST)  # [BT, BV]
-        # v_new replaces u: each element of u is read by this program only, just above
-        tl.store(u_ptr + u_offs, v_new, mask=vm)
-        g_last = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1).to(tl.float32)
+        v_new = u - _dot_x16_f32x(w, s, WS_SPLIT, PREC, UPCAST)  # [BT, BV]
+        # v_new may replace u: each element of u is read by this program only, just above
+        tl.store(vn_ptr + u_offs, v_new.to(vn_ptr.dtype.element_ty), mask=vm)
         # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (an input) exact in the dot
-        s = s * tl.exp(g_last) + _dot_x16_f32(tl.trans(kt), v_new * ks[:, None], PREC, UPCAST)
+        s = s * tl.max(el, 0) + _dot_x16_f32x(tl.trans(kt), v_new * ks[:, None], UPDATE_SPLIT, PREC, UPCAST)
     tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
 
 
@@ -267,7 +299,7 @@ def _output_kernel(
     q_ptr, k_ptr, vn_ptr, gc_ptr, h_ptr, o_ptr, T, NT,
     s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, QKV_TERMS: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -293,14 +325,18 @@ def _output_kernel(
     G = G64.to(tl.float32)
     h_offs = (i_h.to(tl.int64) * NT + i_t) * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
     h = tl.load(h_ptr + h_offs, mask=kin[:, None] & vin[None, :], other=0.0).to(q_ptr.dtype.element_ty)
-    v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0)  # [BT, BV] fp32
+    v_new = tl.load(vn_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0)  # [BT, BV]
     causal = ri[:, None] >= ri[None, :]
     qk = _dot_inputs(qt, tl.trans(kt), PREC, UPCAST) * rq[:, None] * rk[None, :]  # [BT, BT]
     qk = qk * _decay(G64, causal)
     if qt.dtype == tl.float32:
         qkv = tl.dot(qk, v_new, input_precision=PREC)
+    elif QKV_TERMS == 3:
+        qkv = _dot_f32_f32(qk, v_new.to(tl.float32), qt.dtype, PREC, UPCAST)
+    elif QKV_TERMS == 2:
+        qkv = _dot_f32_x16(qk, v_new.to(qt.dtype), PREC, UPCAST)
     else:
-        qkv = _dot_f32_f32(qk, v_new, qt.dtype, PREC, UPCAST)
+        qkv = _dot_inputs(qk.to(qt.dtype), v_new.to(qt.dtype), PREC, UPCAST)
     o = _dot_inputs(qt, h, PREC, UPCAST) * (rq * tl.exp(G))[:, None] + qkv
     tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
 
@@ -316,6 +352,7 @@ def chunk_gated_delta_rule(
     block_v: int = 0,
     out: torch.Tensor | None = None,
     split: bool = True,
+    precision: Precision16 = Precision16(),
 ) -> torch.Tensor:
     """Same contract as `reference.chunk_gated_delta_rule`; `state` must be contiguous. `block_v` is the
     V tile of the sequential kernel (state pass, or the scan with `split=False`)."""
@@ -326,12 +363,12 @@ def chunk_gated_delta_rule(
     prec = "ieee" if v.dtype == torch.float32 else "tf32"
     scratch = v.dtype
     w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)
-    # split path: u, then v_new over it, in float32: in bf16 the o error with aligned keys is 1.01e-2
-    # (float32 5.5e-3, two-kernel path 7.8e-3; NOTES.md). h stays in the input dtype, the dtype in which
-    # the output pass's 16-bit q h dot takes it
-    u = torch.empty((Hv, T, V), dtype=torch.float32 if split else scratch, device=v.device)
+    # u and v_new in the dtype `precision` asks for (float32 inputs: float32). h stays in the input dtype,
+    # the dtype in which the output pass's 16-bit q h dot takes it
+    u = torch.empty((Hv, T, V), dtype=torch.float32 if split and not precision.u_16 else scratch, device=v.device)
     gc = torch.empty((Hv, T), dtype=torch.float64, device=v.device)
-    ks = torch.empty((Hv, T), dtype=torch.float32, device=v.device) if split else gc  # gc: unused placeholder
+    # split path: the row scale ks of k and each row's chunk decay exp(G_last); gc: unused placeholders
+    ks, el = (torch.empty((Hv, T), dtype=torch.float32, device=v.device) for _ in range(2)) if split else (gc, gc)
     o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     BT = CHUNK
     NT = (T + BT - 1) // BT
@@ -340,7 +377,7 @@ def chunk_gated_delta_rule(
     PV = max(floor, triton.next_power_of_2(V))
     group = Hv // Hk
     launcher(_prep_kernel)[(NT, Hv)](
-        k, v, g, beta, w, u, gc, ks, T,
+        k, v, g, beta, w, u, gc, ks, el, T,
         k.stride(1), k.stride(2), v.stride(1), v.stride(2), g.stride(1), g.stride(2), beta.stride(1), beta.stride(2),
         GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), PREC=prec, STORE_KS=split,
         UPCAST=INTERPRETED, num_warps=PREP_WARPS,
@@ -348,19 +385,23 @@ def chunk_gated_delta_rule(
     fp32_wide = v.dtype == torch.float32 and BK >= 128
     if split:
         h = torch.empty((Hv, NT, K, V), dtype=scratch, device=v.device)
+        # v_new over u where their dtypes agree: each element of u is read by its own state-pass program only
+        vn_dtype = scratch if precision.vnew_16 else torch.float32
+        vn = u if vn_dtype == u.dtype else torch.empty((Hv, T, V), dtype=vn_dtype, device=v.device)
         BV = block_v or min(PV, STATE_BV)
         # fp32 w/k tiles at K=128 take ~64 KB per pipeline stage
         launcher(_state_kernel)[((V + BV - 1) // BV, Hv)](
-            k, w, ks, u, gc, h, state, reset, T, NT, k.stride(1), k.stride(2),
+            k, w, ks, el, u, vn, h, state, reset, T, NT, k.stride(1), k.stride(2),
             GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, UPCAST=INTERPRETED,
+            WS_SPLIT=precision.ws_split, UPDATE_SPLIT=precision.update_split,
             num_warps=STATE_WARPS, num_stages=2 if fp32_wide else STATE_STAGES,
         )
         BVO = min(PV, OUTPUT_BV_FP32 if v.dtype == torch.float32 else OUTPUT_BV)
         launcher(_output_kernel)[(NT, Hv, (V + BVO - 1) // BVO)](
-            q, k, u, gc, h, o, T, NT,
+            q, k, vn, gc, h, o, T, NT,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
             GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BVO, PREC=prec, UPCAST=INTERPRETED,
-            num_warps=OUTPUT_WARPS,
+            QKV_TERMS=precision.qkv_terms, num_warps=OUTPUT_WARPS,
         )
         return o
     BV = block_v or min(PV, 32)
