@@ -159,8 +159,7 @@ def kernel_split(fn) -> str:
 
 PREFILL_PATHS = (  # row label, result-key slug, keywords of triton_chunk.chunk_gated_delta_rule
     ("split (default)", "split", {}),
-    ("split, session 9 precision", "split_s9",
-     dict(precision=triton_chunk.Precision16(ws_split=True, vnew_16=False, qkv_terms=3))),
+    ("split, session 9 precision", "split_s9", dict(precision=triton_chunk.PRECISE16)),
     ("two-kernel", "two_kernel", dict(split=False)),
 )
 

@@ -40,14 +40,14 @@ def emulate_tf32() -> None:
 
 def variants(only: str | None) -> list[tuple[str, dict]]:
     """label, keywords of chunk_gated_delta_rule."""
-    from gdn.kernels.gated_delta_rule.triton_chunk import Precision16
+    from gdn.kernels.gated_delta_rule.triton_chunk import PRECISE16, Precision16
 
     out = [
         ("split", {}),
         ("two-kernel", dict(split=False)),
         ("u16", dict(precision=Precision16(u_16=True))),
         ("vn32", dict(precision=Precision16(vnew_16=False, qkv_terms=3))),
-        ("session9", dict(precision=Precision16(ws_split=True, vnew_16=False, qkv_terms=3))),
+        ("session9", dict(precision=PRECISE16)),
         ("update1", dict(precision=Precision16(update_split=False))),
         ("all1", dict(precision=Precision16(update_split=False, qkv_terms=1))),
     ]

@@ -108,11 +108,11 @@ def truth(x: dict, state: torch.Tensor | None = None, gates: str = "raw"):
     return ref.naive_recurrence(x["q"].double(), x["k"].double(), x["v"].double(), g, beta, s.double())
 
 
-def run_chunk(x: dict, reset: bool, state: torch.Tensor, split: bool = True) -> torch.Tensor:
+def run_chunk(x: dict, reset: bool, state: torch.Tensor, split: bool = True, **kw) -> torch.Tensor:
     out = torch.full_like(x["v"], float("nan"))
     flag = torch.tensor([reset], device=state.device)
     return triton_chunk.chunk_gated_delta_rule(
-        x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out, split=split
+        x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out, split=split, **kw
     )
 
 
@@ -133,11 +133,11 @@ def check(c: Case, o, state, o64, s64) -> None:
     assert rel_rms(state, s64) < tol["state"], f"state rel rms {rel_rms(state, s64):.2e}"
 
 
-def chunk_matches(c: Case, device: str, split: bool = True) -> None:
+def chunk_matches(c: Case, device: str, split: bool = True, **kw) -> None:
     x = make(c, device)
     o64, s64 = truth(x)
     state = x["state"].clone()
-    o = run_chunk(x, False, state, split)
+    o = run_chunk(x, False, state, split, **kw)
     check(c, o, state, o64, s64)
 
 
@@ -209,7 +209,7 @@ def test_prefill_then_decode_cpu(c, split):
 
 
 PRECISIONS = {  # Precision16 choices other than the default, which the benchmark and probes compare
-    "S-split-fp32-scratch": triton_chunk.Precision16(ws_split=True, vnew_16=False, qkv_terms=3),
+    "S-split-fp32-scratch": triton_chunk.PRECISE16,
     "u16": triton_chunk.Precision16(u_16=True),
     "all-rounded": triton_chunk.Precision16(update_split=False, qkv_terms=1),
 }
@@ -219,14 +219,7 @@ PRECISIONS = {  # Precision16 choices other than the default, which the benchmar
 @pytest.mark.parametrize("name", list(PRECISIONS))
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 64, 64, torch.bfloat16, "rand")]))
 def test_chunk_precision_choices_cpu(c, name):
-    x = make(c, "cpu")
-    o64, s64 = truth(x)
-    state = x["state"].clone()
-    out = torch.full_like(x["v"], float("nan"))
-    o = triton_chunk.chunk_gated_delta_rule(
-        x["q"], x["k"], x["v"], x["g"], x["beta"], state, torch.tensor([False]), out=out, precision=PRECISIONS[name]
-    )
-    check(c, o, state, o64, s64)
+    chunk_matches(c, "cpu", precision=PRECISIONS[name])
 
 
 def test_precision_choice_checked():

@@ -57,7 +57,7 @@ class Precision16:
     """Precision choices of the split path on 16-bit inputs (float32 inputs ignore them): which dots keep
     their float32 operand as hi + lo 16-bit parts (two exact-product dots) or round it to the input dtype (one
     dot), and in which dtype the u and v_new scratch is stored. Against session 9's choices (S split, u and
-    v_new in float32) the defaults take 0.62 for 0.75 ms at T = 8192 and raise the o error from 1.7e-3 to
+    v_new in float32, `PRECISE16`) the defaults take 0.63 for 0.71 ms at T = 8192 and raise the o error from 1.7e-3 to
     2.4e-3 (aligned keys 2.2e-3 to 4.3e-3; states unchanged), about half of FLA 0.6.0's on the same inputs
     (H100, T = 1000, NOTES.md session 10). u in 16 bits would give a further 5 % but takes the interpreter
     test's aligned case to 8.5e-3 of its 1e-2 tolerance."""
@@ -71,6 +71,10 @@ class Precision16:
     def __post_init__(self) -> None:
         if self.qkv_terms not in (1, 2, 3):
             raise ValueError(f"qkv_terms must be 1, 2 or 3, got {self.qkv_terms}")
+
+
+# session 9's choices: every float32 operand as hi + lo, u and v_new in float32 (the A/B baseline of the benchmarks)
+PRECISE16 = Precision16(ws_split=True, vnew_16=False, qkv_terms=3)
 
 
 @triton.jit
@@ -124,7 +128,7 @@ def _dot_x16_f32(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def _dot_x16_f32x(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """`_dot_x16_f32` where SPLIT, else one 16-bit dot with b rounded to a's dtype (8 mantissa bits)."""
-    if SPLIT or a.dtype == tl.float32:
+    if SPLIT:
         return _dot_x16_f32(a, b, PREC, UPCAST)
     return _dot_inputs(a, b.to(a.dtype), PREC, UPCAST)
 

@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gdn.kernels.gated_delta_rule.triton_chunk import Precision16, chunk_gated_delta_rule  # noqa: E402
+from gdn.kernels.gated_delta_rule.triton_chunk import PRECISE16, Precision16, chunk_gated_delta_rule  # noqa: E402
 
 VARIANTS = {  # label -> Precision16 (the default, and what it gave up, one step at a time)
     "default": Precision16(),
     "u16": Precision16(u_16=True),
     "vn32": Precision16(vnew_16=False, qkv_terms=3),
-    "session9": Precision16(ws_split=True, vnew_16=False, qkv_terms=3),
+    "session9": PRECISE16,
     "update1": Precision16(update_split=False),
     "all1": Precision16(update_split=False, qkv_terms=1),
 }
