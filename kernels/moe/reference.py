@@ -63,8 +63,9 @@ def route_stable(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> 
     return top, idx
 
 
-def moe_float64(x, router_logits, gate_up, down, top_k, renormalize):
-    """Loop over experts in float64 (the ground truth for tests); same arguments as `moe`."""
+def moe_float64(x, router_logits, gate_up, down, top_k, renormalize, absolute: bool = False):
+    """Loop over experts in float64 (the ground truth for tests); same arguments as `moe`. absolute: sum
+    |w| (|h| @ |down|^T) instead, each output's scale for the rounding errors of h and the expert outputs."""
     weights, idx = route_stable(router_logits.double(), top_k, renormalize)
     x = x.double()
     inter = down.shape[-1]
@@ -75,7 +76,11 @@ def moe_float64(x, router_logits, gate_up, down, top_k, renormalize):
             continue
         gu = x[tok] @ gate_up[e].double().T  # one expert at a time in float64: memory stays small
         h = F.silu(gu[:, :inter]) * gu[:, inter:]
-        out.index_add_(0, tok, (h @ down[e].double().T) * weights[tok, slot, None])
+        if absolute:
+            h, d, w = h.abs(), down[e].double().abs(), weights[tok, slot, None].abs()
+        else:
+            d, w = down[e].double(), weights[tok, slot, None]
+        out.index_add_(0, tok, (h @ d.T) * w)
     return out
 
 
