@@ -158,16 +158,16 @@ def kernel_split(fn) -> str:
 
 
 PREFILL_PATHS = (  # row label, result-key slug, keywords of triton_chunk.chunk_gated_delta_rule
-    ("split (default)", "split", {}),
-    ("split, session 9 precision", "split_s9", dict(precision=triton_chunk.PRECISE16)),
-    ("two-kernel", "two_kernel", dict(split=False)),
+    ("fused (default)", "fused", {}),
+    ("fused, state update split", "fused_state", dict(precision=triton_chunk.PRECISE_STATE16)),
+    ("split, session 10 default", "split_s10", dict(path="split", precision=triton_chunk.PRECISE_STATE16)),
 )
 
 
 def time_path(ours, x: dict, reset: torch.Tensor, kw: dict) -> tuple:
     """-> eager ms, graphed ms, per-kernel split, and one call's output and final state."""
     ms = timed(ours, reps=9, inner=2) / 1e3
-    # graphed: GPU time without the ~0.2 ms of Python per wrap_triton launch (split launches 3)
+    # graphed: GPU time without the ~0.2 ms of Python per wrap_triton launch (fused launches 2, split 3)
     gms = timed(graphed(lambda i: ours(), 4), reps=9, inner=1) / 4 / 1e3
     split_line = kernel_split(ours)
     s1 = x["state"].clone()
@@ -176,8 +176,8 @@ def time_path(ours, x: dict, reset: torch.Tensor, kw: dict) -> tuple:
 
 
 def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
-    """The prefill paths of PREFILL_PATHS side by side (split: state pass + parallel output pass; two-kernel:
-    the sequential scan), each with its per-kernel profiler split."""
+    """The prefill paths of PREFILL_PATHS side by side (fused: one sequential state + output pass; split: state
+    pass + parallel output pass), each with its per-kernel profiler split."""
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
     except Exception as e:  # noqa: BLE001  (FLA is optional here; say why it is missing)
@@ -201,12 +201,12 @@ def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
                 results[f"prefill_T{T}_{tag}_{slug}_graphed_ms"] = gms
                 rows.append((f"prefill ours {label} T={T} {tag}", f"{ms:.3f} ms",
                              f"graphed {gms:.3f} ms; kernels {split_line}"))
-            (o_new, s_new), (o_old, s_old) = finals["split"], finals["two_kernel"]
+            (o_new, s_new), (o_old, s_old) = finals["fused"], finals["split_s10"]
             rel = ((o_new.float() - o_old.float()).norm() / o_old.float().norm()).item()
             srel = ((s_new - s_old).norm() / s_old.norm()).item()
-            ratio = gtimes["split"] / gtimes["two_kernel"]
-            rows.append((f"  split / two-kernel T={T} {tag}", f"{ratio:.2f}x",
-                         f"graphed (eager {times['split'] / times['two_kernel']:.2f}x); "
+            ratio = gtimes["fused"] / gtimes["split_s10"]
+            rows.append((f"  fused / split s10 T={T} {tag}", f"{ratio:.2f}x",
+                         f"graphed (eager {times['fused'] / times['split_s10']:.2f}x); "
                          f"rel diff o {rel:.1e} state {srel:.1e}"))
             if fla_chunk is None or dtype != torch.bfloat16:
                 continue
@@ -230,7 +230,7 @@ def bench_prefill(rows: list, results: dict, fp32: bool = False) -> None:
             rows.append((f"prefill FLA  T={T} bf16", f"{fms:.3f} ms",
                          f"graphed {fgms:.3f} ms; kernels {fla_split}"))
             rows.append((f"  ours/FLA T={T} bf16, graphed", ratios,
-                         f"eager {times['split'] / fms:.2f}x; split vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
+                         f"eager {times['fused'] / fms:.2f}x; fused vs FLA rel diff o {rel:.1e} state {srel:.1e}"))
             gate = lambda: gdr_ref.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
             rows.append((f"  gate math in PyTorch T={T}", f"{timed(gate) / 1e3:.3f} ms", "upper bound on fusing gates into the prep kernel"))
 

@@ -40,16 +40,15 @@ def emulate_tf32() -> None:
 
 def variants(only: str | None) -> list[tuple[str, dict]]:
     """label, keywords of chunk_gated_delta_rule."""
-    from gdn.kernels.gated_delta_rule.triton_chunk import PRECISE16, Precision16
+    from gdn.kernels.gated_delta_rule.triton_chunk import PRECISE16, PRECISE_STATE16, Precision16
 
     out = [
-        ("split", {}),
-        ("two-kernel", dict(split=False)),
+        ("fused", {}),
+        ("split", dict(path="split")),
+        ("fused-state", dict(precision=PRECISE_STATE16)),
+        ("split-s10", dict(path="split", precision=PRECISE_STATE16)),
         ("u16", dict(precision=Precision16(u_16=True))),
-        ("vn32", dict(precision=Precision16(vnew_16=False, qkv_terms=3))),
-        ("session9", dict(precision=PRECISE16)),
-        ("update1", dict(precision=Precision16(update_split=False))),
-        ("all1", dict(precision=Precision16(update_split=False, qkv_terms=1))),
+        ("session9", dict(path="split", precision=PRECISE16)),
     ]
     return [v for v in out if only is None or v[0] in only.split(",")]
 

@@ -108,11 +108,11 @@ def truth(x: dict, state: torch.Tensor | None = None, gates: str = "raw"):
     return ref.naive_recurrence(x["q"].double(), x["k"].double(), x["v"].double(), g, beta, s.double())
 
 
-def run_chunk(x: dict, reset: bool, state: torch.Tensor, split: bool = True, **kw) -> torch.Tensor:
+def run_chunk(x: dict, reset: bool, state: torch.Tensor, path: str = "fused", **kw) -> torch.Tensor:
     out = torch.full_like(x["v"], float("nan"))
     flag = torch.tensor([reset], device=state.device)
     return triton_chunk.chunk_gated_delta_rule(
-        x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out, split=split, **kw
+        x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out, path=path, **kw
     )
 
 
@@ -133,19 +133,19 @@ def check(c: Case, o, state, o64, s64) -> None:
     assert rel_rms(state, s64) < tol["state"], f"state rel rms {rel_rms(state, s64):.2e}"
 
 
-def chunk_matches(c: Case, device: str, split: bool = True, **kw) -> None:
+def chunk_matches(c: Case, device: str, path: str = "fused", **kw) -> None:
     x = make(c, device)
     o64, s64 = truth(x)
     state = x["state"].clone()
-    o = run_chunk(x, False, state, split, **kw)
+    o = run_chunk(x, False, state, path, **kw)
     check(c, o, state, o64, s64)
 
 
-def chunk_reset_reads_zero(c: Case, device: str, split: bool = True) -> None:
+def chunk_reset_reads_zero(c: Case, device: str, path: str = "fused") -> None:
     x = make(c, device)
     o64, s64 = truth(x, torch.zeros_like(x["state"]))
     state = torch.full_like(x["state"], float("nan"))  # reset must never read it
-    o = run_chunk(x, True, state, split)
+    o = run_chunk(x, True, state, path)
     check(c, o, state, o64, s64)
 
 
@@ -165,33 +165,33 @@ def decode_reset_reads_zero(c: Case, device: str) -> None:
     check(c, o, state, o64, s64)
 
 
-def prefill_then_decode(c: Case, device: str, steps: int = 4, split: bool = True) -> None:
+def prefill_then_decode(c: Case, device: str, steps: int = 4, path: str = "fused") -> None:
     """Chunked prefill of T tokens, then `steps` fused decode steps: equals the token-by-token recurrence."""
     x = make(c, device, T=c.T + steps)
     o64, s64 = truth(x)
     state = x["state"].clone()
     pre = {n: (t[:, : c.T] if t.dim() >= 3 else t) for n, t in x.items() if n != "state"}
-    outs = [run_chunk(pre, False, state, split)]
+    outs = [run_chunk(pre, False, state, path)]
     outs += [run_decode(x, c.T + i, state) for i in range(steps)]
     check(c, torch.cat(outs, dim=1), state, o64, s64)
 
 
-# split: state pass + parallel output pass (the default); two-kernel: the sequential scan kept for A/B timing
-PATHS = pytest.mark.parametrize("split", [True, False], ids=["split", "two-kernel"])
+# fused: one sequential state + output pass (the default); split: state pass + parallel output pass
+PATHS = pytest.mark.parametrize("path", triton_chunk.PATHS)
 
 
 @interpreted
 @PATHS
 @pytest.mark.parametrize("c", params(CPU_CHUNK))
-def test_chunk_cpu(c, split):
-    chunk_matches(c, "cpu", split)
+def test_chunk_cpu(c, path):
+    chunk_matches(c, "cpu", path)
 
 
 @interpreted
 @PATHS
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand")]))
-def test_chunk_reset_cpu(c, split):
-    chunk_reset_reads_zero(c, "cpu", split)
+def test_chunk_reset_cpu(c, path):
+    chunk_reset_reads_zero(c, "cpu", path)
 
 
 @interpreted
@@ -204,27 +204,36 @@ def test_decode_cpu(c):
 @interpreted
 @PATHS
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand"), Case(2, 2, 2, 8, 12, torch.float32, "zero")]))
-def test_prefill_then_decode_cpu(c, split):
-    prefill_then_decode(c, "cpu", split=split)
+def test_prefill_then_decode_cpu(c, path):
+    prefill_then_decode(c, "cpu", path=path)
 
 
 PRECISIONS = {  # Precision16 choices other than the default, which the benchmark and probes compare
-    "S-split-fp32-scratch": triton_chunk.PRECISE16,
+    "state-split": triton_chunk.PRECISE_STATE16,
+    "all-split-fp32-scratch": triton_chunk.PRECISE16,
     "u16": triton_chunk.Precision16(u_16=True),
-    "all-rounded": triton_chunk.Precision16(update_split=False, qkv_terms=1),
+    "all-rounded": triton_chunk.Precision16(qkv_terms=1),
 }
 
 
 @interpreted
+@PATHS
 @pytest.mark.parametrize("name", list(PRECISIONS))
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 64, 64, torch.bfloat16, "rand")]))
-def test_chunk_precision_choices_cpu(c, name):
-    chunk_matches(c, "cpu", precision=PRECISIONS[name])
+def test_chunk_precision_choices_cpu(c, name, path):
+    chunk_matches(c, "cpu", path, precision=PRECISIONS[name])
 
 
 def test_precision_choice_checked():
     with pytest.raises(ValueError, match="qkv_terms must be 1, 2 or 3, got 4"):
         triton_chunk.Precision16(qkv_terms=4)
+
+
+def test_path_checked():
+    q, v = torch.randn(1, 3, 2, 16), torch.randn(1, 3, 2, 16)
+    with pytest.raises(ValueError, match="path must be one of \\('fused', 'split'\\), got 'scan'"):
+        triton_chunk.chunk_gated_delta_rule(q, q, v, v[..., 0], v[..., 0], torch.zeros(1, 2, 16, 16),
+                                            torch.tensor([True]), path="scan")
 
 
 def test_bad_heads_named():
@@ -245,16 +254,16 @@ def test_chunk_cuda(c):
     "c", params([Case(T, 16, 32, 128, 128, dt, "rand", keys) for dt in (torch.float32, torch.bfloat16)
                  for T, keys in ((1000, "random"), (1000, "aligned"), (8192, "random"))])
 )
-def test_chunk_two_kernel_cuda(c):
-    """The two-kernel path (split=False), kept while it is the A/B baseline of the benchmark."""
-    chunk_matches(c, "cuda", split=False)
+def test_chunk_split_cuda(c):
+    """The split path with session 10's precision, the A/B baseline of the benchmark."""
+    chunk_matches(c, "cuda", "split", precision=triton_chunk.PRECISE_STATE16)
 
 
 @pytest.mark.cuda
 @PATHS
 @pytest.mark.parametrize("c", params([Case(127, 16, 32, 128, 128, torch.bfloat16, "rand")]))
-def test_chunk_reset_cuda(c, split):
-    chunk_reset_reads_zero(c, "cuda", split)
+def test_chunk_reset_cuda(c, path):
+    chunk_reset_reads_zero(c, "cuda", path)
 
 
 @pytest.mark.cuda

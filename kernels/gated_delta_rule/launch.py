@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import torch
+import triton.language as tl
 from torch._subclasses.fake_tensor import FakeTensor
 from triton.runtime.jit import JITFunction
 
@@ -27,8 +28,30 @@ def _interpreter_scalar_index() -> None:
     interpreter._patch_lang_tensor = patched
 
 
+def _interpreter_bf16_rounding() -> None:
+    """Triton 3.6's interpreter casts float32 to bfloat16 by truncation (twice the GPU's error, all of one
+    sign); cast through torch instead, which rounds to nearest even as the GPU does."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    original = builder.cast_impl
+    if getattr(original, "_gdn_patched", False):
+        return
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            x = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32))
+            return interpreter.TensorHandle(x.to(torch.bfloat16).view(torch.uint16).numpy(), tl.bfloat16)
+        return original(self, src, dst_type)
+
+    cast_impl._gdn_patched = True
+    builder.cast_impl = cast_impl
+
+
 if os.environ.get("TRITON_INTERPRET") == "1":
     _interpreter_scalar_index()
+    _interpreter_bf16_rounding()
 
 
 class _Interpreted:

@@ -3,23 +3,23 @@
 1. `_prep_kernel`, grid (chunks, Hv), fully parallel: per chunk of BT tokens, L2-norm k, the in-chunk
    cumulative log decay G, the WY matrix T = (I + strict_lower(beta k k^T * exp(G_i - G_j)))^-1 by
    recursive 2 x 2 block inversion (2-row blocks elementwise, then 2 -> 4 -> ... -> 64), and
-   w = T (beta k exp(G)) [BT, K], u = T (beta v) [BT, V] written to scratch; for the split path also the
-   row scale of k ks = exp(G_last - G) / |k| and the chunk decay exp(G_last) per row [BT].
-Split path (default):
-2. `_state_kernel`, grid (V / BV, Hv), sequential over chunks with the state tile [K, BV] in registers:
-   stores S (the state at the chunk start) into h [Hv, NT, K, V], v_new = u - w S (over u where their
-   dtypes agree), then S <- S exp(G_last) + (k ks)^T v_new: k read as given (no norm, no rounding of a
-   decayed copy). The state is read once and written once.
-3. `_output_kernel`, grid (NT, Hv, V / BVO), fully parallel:
-   o = (q exp(G)) h + causal(q k^T exp(G_i - G_j)) v_new, with q and k as given in q k^T and q h and
-   their norms applied to the products.
-Two-kernel path (`split=False`, kept for A/B timing): `_scan_kernel`, grid (V / BV, Hv), does 2 and 3 in
-one sequential walk over the chunks (five dots per chunk).
-Dots on float32 inputs use IEEE float32. On 16-bit inputs, the split path's dots take their 16-bit
-operands (k, q, w, h) as given, straight from memory into shared memory, and a float32 operand either as
-hi + lo 16-bit parts (`_dot_f32_x16`: two exact-product dots, about 16 mantissa bits, where TF32 would keep
-11 and stage both operands through registers) or rounded to 16 bits, as `Precision16` says.
-The WY inverse and the two-kernel scan keep TF32 (`PREC`).
+   w = T (beta k exp(G)) [BT, K], u = T (beta v) [BT, V] written to scratch, with the row scale of k
+   ks = exp(G_last - G) / |k| and the chunk decay exp(G_last) per row [BT]. For the fused path also the
+   in-chunk attention att = causal(q k^T exp(G_i - G_j)) / (|q| |k| sqrt(K)) [BT, BT] and the row scale
+   qs = exp(G) / (|q| sqrt(K)).
+Fused path (default):
+2. `_state_output_kernel`, grid (V / BV, Hv), sequential over chunks with the state tile S [K, BV] in
+   registers: v_new = u - w S, o = qs (q S) + att v_new, S <- S exp(G_last) + (k ks)^T v_new. The state is
+   read once and written once; no per-chunk state or v_new goes through memory.
+Split path (`path="split"`, kept for A/B timing and its more precise options):
+2. `_state_kernel`, grid (V / BV, Hv), sequential: stores S (the state at the chunk start) into
+   h [Hv, NT, K, V], v_new (over u where their dtypes agree), and updates S as above.
+3. `_output_kernel`, grid (NT, Hv, V / BVO), fully parallel: o = (q exp(G)) h + causal(q k^T exp(G_i - G_j)) v_new.
+q and k enter the dots as given (no norm, no rounding of a decayed copy); their norms scale the products.
+Dots on float32 inputs use IEEE float32. On 16-bit inputs the dots take their 16-bit operands (k, q, w, att,
+h) as given, straight from memory into shared memory, and a float32 operand either as hi + lo 16-bit parts
+(`_dot_f32_x16`: two exact-product dots, about 16 mantissa bits, where TF32 would keep 11 and stage both
+operands through registers) or rounded to 16 bits, as `Precision16` says. The WY inverse keeps TF32 (`PREC`).
 The cumulative decays G are summed and differenced in float64 (`_decay`): in float32, G_i - G_j loses |G| ulps
 and held the fp32 state error at 1e-5 where the last chunk is nearly full (T = 63, 127 on the H100).
 """
@@ -36,9 +36,12 @@ import triton.language as tl
 from .launch import check_heads, dense, launcher
 
 CHUNK = 64  # `_unit_lower_inverse` is written for 64-row chunks
-# V tile of the state pass: V / 32 x Hv = 128 sequential programs at V = 128, Hv = 32 (0.251-0.254 against
+PATHS = ("fused", "split")
+# V tile of the sequential pass: V / 32 x Hv = 128 sequential programs at V = 128, Hv = 32 (0.251-0.254 against
 # 0.254-0.286 ms for 16 at T = 8192 in three H100 runs; 64 took 0.552)
 STATE_BV = 32
+# 4 warps: 8 take 0.305 against 0.241 ms for the fused pass at T = 8192 on the H100, though 4 spill where
+# the update is split
 STATE_WARPS, STATE_STAGES = 4, 3
 PREP_WARPS = 4
 # V tile of the output pass (each V tile recomputes q k^T): 128 for 16-bit inputs (0.182 against 0.219 ms
@@ -54,18 +57,18 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 @dataclass(frozen=True)
 class Precision16:
-    """Precision choices of the split path on 16-bit inputs (float32 inputs ignore them): which dots keep
-    their float32 operand as hi + lo 16-bit parts (two exact-product dots) or round it to the input dtype (one
-    dot), and in which dtype the u and v_new scratch is stored. Against session 9's choices (S split, u and
-    v_new in float32, `PRECISE16`) the defaults take 0.63 for 0.71 ms at T = 8192 and raise the o error from 1.7e-3 to
-    2.4e-3 (aligned keys 2.2e-3 to 4.3e-3; states unchanged), about half of FLA 0.6.0's on the same inputs
-    (H100, T = 1000, NOTES.md session 10). u in 16 bits would give a further 5 % but takes the interpreter
-    test's aligned case to 8.5e-3 of its 1e-2 tolerance."""
+    """Precision choices on 16-bit inputs (float32 inputs ignore them): which dots keep their float32 operand
+    as hi + lo 16-bit parts (two exact-product dots) or round it to the input dtype (one dot), and in which
+    dtype the u and v_new scratch is stored. The defaults round S in both of its dots and v_new in the state
+    update, as FLA does, and keep att as hi + lo: through the fused path 0.53 ms at T = 8192 against FLA
+    0.6.0's 0.56, with o and state errors of 2.4e-3 and 1.7e-3 (aligned keys 4.4e-3, 4.7e-3) against FLA's
+    3.9e-3 and 2.7e-3 (8.8e-3, 9.1e-3) on the same inputs (H100, T = 1000, NOTES.md session 11). Splitting
+    the state update too (`PRECISE_STATE16`) holds the state error at 1e-5 for 0.56 ms."""
 
     ws_split: bool = False  # v_new = u - w S: S as hi + lo (w itself is stored in 16 bits)
-    update_split: bool = True  # S += k^T (ks v_new): v_new as hi + lo
-    qkv_terms: int = 2  # causal(q k^T) v_new: 3 = both split, 2 = q k^T split and v_new rounded, 1 = both rounded
-    vnew_16: bool = True  # v_new stored in the input dtype (else float32)
+    update_split: bool = False  # S += k^T (ks v_new): v_new as hi + lo
+    qkv_terms: int = 2  # att v_new (att: causal q k^T): 3 = both split, 2 = att split, v_new rounded, 1 = both rounded
+    vnew_16: bool = True  # split path: v_new stored in the input dtype (else float32)
     u_16: bool = False  # u stored in the input dtype (else float32)
 
     def __post_init__(self) -> None:
@@ -73,8 +76,10 @@ class Precision16:
             raise ValueError(f"qkv_terms must be 1, 2 or 3, got {self.qkv_terms}")
 
 
-# session 9's choices: every float32 operand as hi + lo, u and v_new in float32 (the A/B baseline of the benchmarks)
-PRECISE16 = Precision16(ws_split=True, vnew_16=False, qkv_terms=3)
+# session 10's default: the state update and att split (state error ~1e-5), the split path's best choice
+PRECISE_STATE16 = Precision16(update_split=True, qkv_terms=2)
+# session 9's choices: every float32 operand as hi + lo, u and v_new in float32
+PRECISE16 = Precision16(ws_split=True, update_split=True, vnew_16=False, qkv_terms=3)
 
 
 @triton.jit
@@ -169,10 +174,11 @@ def _unit_lower_inverse(a, ri, PREC: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T"])  # one binary for every prefill length
 def _prep_kernel(
-    k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, ks_ptr, el_ptr, T,
-    s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
+    q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, u_ptr, gc_ptr, ks_ptr, el_ptr, a_ptr, qs_ptr, T,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh,
     GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr, STORE_KS: tl.constexpr, UPCAST: tl.constexpr,
+    PREC: tl.constexpr, STORE_QK: tl.constexpr, ATT_LO: tl.constexpr, NH: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     i_t = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -192,6 +198,21 @@ def _prep_kernel(
     G = G64.to(tl.float32)
     strict = ri[:, None] > ri[None, :]
     decay = _decay(G64, strict)
+    if STORE_QK:
+        # the fused pass's in-chunk attention causal(q k^T exp(G_i - G_j)) with both norms and the scale
+        # applied, and the row scale of its q S product
+        qin = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)  # [BT, BK]
+        qf = qin.to(tl.float32)
+        rq = tl.rsqrt(tl.sum(qf * qf, 1) + 1e-6) * (K ** -0.5)  # [BT], as _l2norm_rows
+        qk = _dot_inputs(qin, tl.trans(kin), PREC, UPCAST) * rq[:, None] * rnorm[None, :]
+        att = tl.where(ri[:, None] == ri[None, :], qk, qk * decay)  # [BT, BT]: decay is 0 on and above the diagonal
+        a_offs = (i_h * T + rows[:, None]) * BT + ri[None, :]  # [BT, BT]
+        hi = att.to(a_ptr.dtype.element_ty)
+        tl.store(a_ptr + a_offs, hi, mask=live[:, None])
+        if ATT_LO:  # the rounding remainder as a second 16-bit matrix, behind the first
+            lo = (att - hi.to(tl.float32)).to(a_ptr.dtype.element_ty)
+            tl.store(a_ptr + NH * T * BT + a_offs, lo, mask=live[:, None])
+        tl.store(qs_ptr + i_h * T + rows, rq * tl.exp(G), mask=live)
     # k k^T on k as given (16-bit dots multiply it exactly), the norms and beta scale the product
     kk = _dot_inputs(kin, tl.trans(kin), PREC, UPCAST) * (beta * rnorm)[:, None] * rnorm[None, :]
     a = tl.where(strict, kk * decay, 0.0)  # [BT, BT]
@@ -199,11 +220,10 @@ def _prep_kernel(
     # the row scales of k (beta exp(G) / |k|) fold into inv's columns; k enters the dot as given
     w = _dot_f32_x16(inv * (beta * rnorm * tl.exp(G))[None, :], kin, PREC, UPCAST)  # [BT, BK]
     tl.store(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], w.to(w_ptr.dtype.element_ty), mask=km)
-    if STORE_KS:
-        # rows past T hold G_last (g loads as 0 there), so the last row's G is the chunk's G_last
-        g_last = tl.sum(tl.where(ri == BT - 1, G64, 0.0), 0)
-        tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp((g_last - G64).to(tl.float32)), mask=live)
-        tl.store(el_ptr + i_h * T + rows, tl.zeros_like(g) + tl.exp(g_last.to(tl.float32)), mask=live)
+    # rows past T hold G_last (g loads as 0 there), so the last row's G is the chunk's G_last
+    g_last = tl.sum(tl.where(ri == BT - 1, G64, 0.0), 0)
+    tl.store(ks_ptr + i_h * T + rows, rnorm * tl.exp((g_last - G64).to(tl.float32)), mask=live)
+    tl.store(el_ptr + i_h * T + rows, tl.zeros_like(g) + tl.exp(g_last.to(tl.float32)), mask=live)
     inv_b = inv * beta[None, :]
     for v0 in tl.static_range(0, V, BV):
         cv = v0 + tl.arange(0, BV)
@@ -211,49 +231,6 @@ def _prep_kernel(
         vt = tl.load(v_ptr + rows[:, None] * s_vt + i_h * s_vh + cv[None, :], mask=vm, other=0.0)
         u = _dot_f32_x16(inv_b, vt, PREC, UPCAST)  # [BT, BV]
         tl.store(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], u.to(u_ptr.dtype.element_ty), mask=vm)
-
-
-@triton.jit(do_not_specialize=["T", "NT"])
-def _scan_kernel(
-    q_ptr, k_ptr, w_ptr, u_ptr, gc_ptr, state_ptr, reset_ptr, o_ptr, T, NT,
-    s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
-    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    PREC: tl.constexpr,
-):
-    i_v = tl.program_id(0)
-    i_h = tl.program_id(1)
-    hk = i_h // GROUP
-    ri = tl.arange(0, BT)
-    ck = tl.arange(0, BK)
-    cv = i_v * BV + tl.arange(0, BV)
-    kin, vin = ck < K, cv < V
-    causal = ri[:, None] >= ri[None, :]
-    s_offs = i_h * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
-    s_mask = kin[:, None] & vin[None, :]
-    s = tl.where(tl.load(reset_ptr), 0.0, tl.load(state_ptr + s_offs, mask=s_mask, other=0.0))
-    for i_t in tl.range(0, NT):
-        rows = i_t * BT + ri
-        live = rows < T
-        km = live[:, None] & kin[None, :]
-        vm = live[:, None] & vin[None, :]
-        qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)
-        qt = _l2norm_rows(qt.to(tl.float32)) * (K ** -0.5)  # [BT, BK]
-        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
-        kt = _l2norm_rows(kt.to(tl.float32))
-        g_last64 = tl.load(gc_ptr + i_h * T + tl.minimum(i_t * BT + BT, T) - 1)
-        # rows past T carry g_last (as in the prep kernel), so exp(G_i - G_j) never overflows
-        G64 = tl.where(live, tl.load(gc_ptr + i_h * T + rows, mask=live, other=0.0), g_last64)
-        G, g_last = G64.to(tl.float32), g_last64.to(tl.float32)
-        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0).to(tl.float32)
-        u = tl.load(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
-        v_new = u - tl.dot(w, s, input_precision=PREC)  # [BT, BV]
-        qk = tl.dot(qt, tl.trans(kt), input_precision=PREC)  # [BT, BT]
-        qk = qk * _decay(G64, causal)
-        o = tl.dot(qt * tl.exp(G)[:, None], s, input_precision=PREC) + tl.dot(qk, v_new, input_precision=PREC)
-        tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
-        kd = kt * tl.exp((g_last64 - G64).to(tl.float32))[:, None]
-        s = s * tl.exp(g_last) + tl.dot(tl.trans(kd), v_new, input_precision=PREC)
-    tl.store(state_ptr + s_offs, s, mask=s_mask)
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
@@ -294,6 +271,63 @@ def _state_kernel(
         # v_new may replace u: each element of u is read by this program only, just above
         tl.store(vn_ptr + u_offs, v_new.to(vn_ptr.dtype.element_ty), mask=vm)
         # (k ks)^T v_new as k^T (ks v_new): the row scale on the [BT, BV] side, k (an input) exact in the dot
+        s = s * tl.max(el, 0) + _dot_x16_f32x(tl.trans(kt), v_new * ks[:, None], UPDATE_SPLIT, PREC, UPCAST)
+    tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
+
+
+@triton.jit(do_not_specialize=["T", "NT"])
+def _state_output_kernel(
+    q_ptr, k_ptr, w_ptr, ks_ptr, el_ptr, u_ptr, a_ptr, qs_ptr, o_ptr, state_ptr, reset_ptr, T, NT,
+    s_qt, s_qh, s_kt, s_kh, s_ot, s_oh,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, WS_SPLIT: tl.constexpr, UPDATE_SPLIT: tl.constexpr,
+    QKV_TERMS: tl.constexpr, NH: tl.constexpr,
+):
+    i_v = tl.program_id(0)
+    i_h = tl.program_id(1)
+    hk = i_h // GROUP
+    ri = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    kin, vin = ck < K, cv < V
+    tile = ck[:, None] * V + cv[None, :]  # [BK, BV]
+    s_mask = kin[:, None] & vin[None, :]
+    s = tl.where(tl.load(reset_ptr), 0.0, tl.load(state_ptr + i_h * K * V + tile, mask=s_mask, other=0.0))
+    # exp(G_last) loaded one chunk ahead, as in `_state_kernel`
+    el_next = tl.load(el_ptr + i_h * T + ri, mask=ri < T, other=0.0)  # [BT]
+    for i_t in tl.range(0, NT):
+        rows = i_t * BT + ri
+        live = rows < T
+        km = live[:, None] & kin[None, :]
+        vm = live[:, None] & vin[None, :]
+        el = el_next
+        el_next = tl.load(el_ptr + i_h * T + rows + BT, mask=rows + BT < T, other=0.0)
+        w = tl.load(w_ptr + (i_h * T + rows[:, None]) * K + ck[None, :], mask=km, other=0.0)  # [BT, BK]
+        kt = tl.load(k_ptr + rows[:, None] * s_kt + hk * s_kh + ck[None, :], mask=km, other=0.0)
+        qt = tl.load(q_ptr + rows[:, None] * s_qt + hk * s_qh + ck[None, :], mask=km, other=0.0)
+        a_offs = (i_h * T + rows[:, None]) * BT + ri[None, :]  # [BT, BT]
+        att = tl.load(a_ptr + a_offs, mask=live[:, None], other=0.0)  # [BT, BT]
+        ks = tl.load(ks_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G_last - G) / |k|
+        qs = tl.load(qs_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G) / (|q| sqrt(K))
+        u = tl.load(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
+        # q S and w S both take S rounded to 16 bits on 16-bit inputs (w S: unless WS_SPLIT)
+        if qt.dtype == tl.float32:
+            q_s = tl.dot(qt, s, input_precision=PREC)  # [BT, BV]
+        else:
+            q_s = _dot_inputs(qt, s.to(qt.dtype), PREC, UPCAST)
+        v_new = u - _dot_x16_f32x(w, s, WS_SPLIT, PREC, UPCAST)  # [BT, BV]
+        if qt.dtype == tl.float32:
+            qkv = tl.dot(att, v_new, input_precision=PREC)
+        else:
+            vh, vl = _hilo(v_new, qt.dtype)
+            qkv = _dot_inputs(att, vh, PREC, UPCAST)  # [BT, BV]
+            if QKV_TERMS >= 2:  # att's rounding remainder, stored behind it
+                att_lo = tl.load(a_ptr + NH * T * BT + a_offs, mask=live[:, None], other=0.0)
+                qkv += _dot_inputs(att_lo, vh, PREC, UPCAST)
+            if QKV_TERMS == 3:
+                qkv += _dot_inputs(att, vl, PREC, UPCAST)
+        o = q_s * qs[:, None] + qkv
+        tl.store(o_ptr + rows[:, None] * s_ot + i_h * s_oh + cv[None, :], o.to(o_ptr.dtype.element_ty), mask=vm)
         s = s * tl.max(el, 0) + _dot_x16_f32x(tl.trans(kt), v_new * ks[:, None], UPDATE_SPLIT, PREC, UPCAST)
     tl.store(state_ptr + i_h * K * V + tile, s, mask=s_mask)
 
@@ -355,65 +389,73 @@ def chunk_gated_delta_rule(
     reset: torch.Tensor,
     block_v: int = 0,
     out: torch.Tensor | None = None,
-    split: bool = True,
+    path: str = "fused",
     precision: Precision16 = Precision16(),
 ) -> torch.Tensor:
-    """Same contract as `reference.chunk_gated_delta_rule`; `state` must be contiguous. `block_v` is the
-    V tile of the sequential kernel (state pass, or the scan with `split=False`)."""
+    """Same contract as `reference.chunk_gated_delta_rule`; `state` must be contiguous. `path`: "fused"
+    (prep, then one sequential state + output pass) or "split" (prep, state pass, parallel output pass).
+    `block_v` is the V tile of the sequential pass."""
     check_heads(q, k, v, state)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    fused = path == "fused"
     T, Hk, K = q.shape[1], q.shape[2], q.shape[3]
     Hv, V = v.shape[2], v.shape[3]
     q, k, v, g, beta = dense(q, k, v, g, beta)
     prec = "ieee" if v.dtype == torch.float32 else "tf32"
     scratch = v.dtype
-    w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)
-    # u and v_new in the dtype `precision` asks for (float32 inputs: float32). h stays in the input dtype,
-    # the dtype in which the output pass's 16-bit q h dot takes it
-    u = torch.empty((Hv, T, V), dtype=torch.float32 if split and not precision.u_16 else scratch, device=v.device)
-    gc = torch.empty((Hv, T), dtype=torch.float64, device=v.device)
-    # split path: the row scale ks of k and each row's chunk decay exp(G_last); gc: unused placeholders
-    ks, el = (torch.empty((Hv, T), dtype=torch.float32, device=v.device) for _ in range(2)) if split else (gc, gc)
-    o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     BT = CHUNK
     NT = (T + BT - 1) // BT
+    w = torch.empty((Hv, T, K), dtype=scratch, device=v.device)
+    # u in the dtype `precision` asks for (float32 inputs: float32)
+    u = torch.empty((Hv, T, V), dtype=scratch if precision.u_16 else torch.float32, device=v.device)
+    gc = torch.empty((Hv, T), dtype=torch.float64, device=v.device)
+    # the row scale ks of k, each row's chunk decay exp(G_last), and (fused) the row scale of q S
+    ks, el, qs = (torch.empty((Hv, T), dtype=torch.float32, device=v.device) for _ in range(3))
+    # fused: causal(q k^T) in the input dtype, with its rounding remainder behind it where qkv_terms > 1;
+    # split: gc, an unused placeholder
+    att_lo = fused and v.dtype != torch.float32 and precision.qkv_terms > 1
+    att = torch.empty((1 + att_lo, Hv, T, BT), dtype=scratch, device=v.device) if fused else gc
+    o = torch.empty((1, T, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     floor = 16 if v.dtype == torch.float32 else MIN_TILE_16
     BK = max(floor, triton.next_power_of_2(K))
     PV = max(floor, triton.next_power_of_2(V))
+    BV = block_v or min(PV, STATE_BV)
     group = Hv // Hk
     launcher(_prep_kernel)[(NT, Hv)](
-        k, v, g, beta, w, u, gc, ks, el, T,
-        k.stride(1), k.stride(2), v.stride(1), v.stride(2), g.stride(1), g.stride(2), beta.stride(1), beta.stride(2),
-        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), PREC=prec, STORE_KS=split,
+        q, k, v, g, beta, w, u, gc, ks, el, att, qs, T,
+        q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), g.stride(1), g.stride(2),
+        beta.stride(1), beta.stride(2),
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=min(PV, 64), PREC=prec, STORE_QK=fused, ATT_LO=att_lo, NH=Hv,
         UPCAST=INTERPRETED, num_warps=PREP_WARPS,
     )
     fp32_wide = v.dtype == torch.float32 and BK >= 128
-    if split:
-        h = torch.empty((Hv, NT, K, V), dtype=scratch, device=v.device)
-        # v_new over u where their dtypes agree: each element of u is read by its own state-pass program only
-        vn_dtype = scratch if precision.vnew_16 else torch.float32
-        vn = u if vn_dtype == u.dtype else torch.empty((Hv, T, V), dtype=vn_dtype, device=v.device)
-        BV = block_v or min(PV, STATE_BV)
-        # fp32 w/k tiles at K=128 take ~64 KB per pipeline stage
-        launcher(_state_kernel)[((V + BV - 1) // BV, Hv)](
-            k, w, ks, el, u, vn, h, state, reset, T, NT, k.stride(1), k.stride(2),
-            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, UPCAST=INTERPRETED,
-            WS_SPLIT=precision.ws_split, UPDATE_SPLIT=precision.update_split,
-            num_warps=STATE_WARPS, num_stages=2 if fp32_wide else STATE_STAGES,
-        )
-        BVO = min(PV, OUTPUT_BV_FP32 if v.dtype == torch.float32 else OUTPUT_BV)
-        launcher(_output_kernel)[(NT, Hv, (V + BVO - 1) // BVO)](
-            q, k, vn, gc, h, o, T, NT,
+    if fused:
+        # fp32 inputs at K = 128: q, k, w tiles of 32 KB, att 16 KB per pipeline stage; two overflow 227 KB
+        launcher(_state_output_kernel)[((V + BV - 1) // BV, Hv)](
+            q, k, w, ks, el, u, att, qs, o, state, reset, T, NT,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
-            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BVO, PREC=prec, UPCAST=INTERPRETED,
-            QKV_TERMS=precision.qkv_terms, num_warps=OUTPUT_WARPS,
+            GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, UPCAST=INTERPRETED,
+            WS_SPLIT=precision.ws_split, UPDATE_SPLIT=precision.update_split, QKV_TERMS=precision.qkv_terms,
+            NH=Hv, num_warps=STATE_WARPS, num_stages=1 if fp32_wide else STATE_STAGES,
         )
         return o
-    BV = block_v or min(PV, 32)
-    # fp32 q/k/w tiles at K=128 need ~100 KB per pipeline stage; three stages overflow the H100's 227 KB
-    launcher(_scan_kernel)[((V + BV - 1) // BV, Hv)](
-        q, k, w, u, gc, state, reset, o, T, NT,
+    h = torch.empty((Hv, NT, K, V), dtype=scratch, device=v.device)
+    # v_new over u where their dtypes agree: each element of u is read by its own state-pass program only
+    vn_dtype = scratch if precision.vnew_16 else torch.float32
+    vn = u if vn_dtype == u.dtype else torch.empty((Hv, T, V), dtype=vn_dtype, device=v.device)
+    # fp32 w/k tiles at K=128 take ~64 KB per pipeline stage
+    launcher(_state_kernel)[((V + BV - 1) // BV, Hv)](
+        k, w, ks, el, u, vn, h, state, reset, T, NT, k.stride(1), k.stride(2),
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, UPCAST=INTERPRETED,
+        WS_SPLIT=precision.ws_split, UPDATE_SPLIT=precision.update_split,
+        num_warps=STATE_WARPS, num_stages=2 if fp32_wide else STATE_STAGES,
+    )
+    BVO = min(PV, OUTPUT_BV_FP32 if v.dtype == torch.float32 else OUTPUT_BV)
+    launcher(_output_kernel)[(NT, Hv, (V + BVO - 1) // BVO)](
+        q, k, vn, gc, h, o, T, NT,
         q.stride(1), q.stride(2), k.stride(1), k.stride(2), o.stride(1), o.stride(2),
-        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec,
-        num_warps=4, num_stages=1 if fp32_wide else 3,
+        GROUP=group, K=K, V=V, BT=BT, BK=BK, BV=BVO, PREC=prec, UPCAST=INTERPRETED,
+        QKV_TERMS=precision.qkv_terms, num_warps=OUTPUT_WARPS,
     )
     return o

@@ -4,6 +4,8 @@ Hv 32, K = V = 128, bf16), random and aligned keys, fresh inputs per trial; time
 (bench_gdn's `timed`, `graphed`) with the profiler's per-kernel split.
 
     python scripts/device/chunk_variants_probe.py [--trials 3] [--only label,label]
+
+Labels name VARIANTS through the fused path; label@split goes through the split path.
 """
 
 from __future__ import annotations
@@ -18,16 +20,24 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from gdn.kernels.gated_delta_rule.triton_chunk import PRECISE16, Precision16, chunk_gated_delta_rule  # noqa: E402
+from gdn.kernels.gated_delta_rule.triton_chunk import (  # noqa: E402
+    PRECISE16, PRECISE_STATE16, Precision16, chunk_gated_delta_rule,
+)
 
-VARIANTS = {  # label -> Precision16 (the default, and what it gave up, one step at a time)
+VARIANTS = {  # label -> Precision16 (the default, and more precise choices)
     "default": Precision16(),
+    "state": PRECISE_STATE16,
+    "all1": Precision16(qkv_terms=1),
+    "qkv3": Precision16(qkv_terms=3),
     "u16": Precision16(u_16=True),
-    "vn32": Precision16(vnew_16=False, qkv_terms=3),
     "session9": PRECISE16,
-    "update1": Precision16(update_split=False),
-    "all1": Precision16(update_split=False, qkv_terms=1),
 }
+
+
+def options(label: str) -> dict:
+    """label or label@split: the precision through the fused path, or through the split path."""
+    name, _, path = label.partition("@")
+    return dict(precision=VARIANTS[name], path=path or "fused")
 
 
 def fla_fn():
@@ -60,7 +70,7 @@ def errors(variants: dict, fla, trials: int) -> None:
                 s = x["state"].clone()
                 out = torch.full_like(x["v"], float("nan"))
                 o = chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s, reset, out=out,
-                                           precision=prec)
+                                           **options(label))
                 acc.setdefault(label, []).append((t.rel_rms(o, o64), t.rel_rms(s, s64)))
             if fla is not None:
                 o, s = fla(x, x["state"].clone())
@@ -80,8 +90,8 @@ def speed(variants: dict, fla, block_v: int = 0) -> None:
         times = {}
         for label, prec in variants.items():
             s = x["state"].clone()
-            fn = lambda s=s, prec=prec: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s,
-                                                                 reset, precision=prec, block_v=block_v)
+            fn = lambda s=s, label=label: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s,
+                                                                   reset, block_v=block_v, **options(label))
             times[label] = b.timed(b.graphed(lambda i: fn(), 4), reps=9, inner=1) / 4 / 1e3
             print(f"speed T={T} {label:14s} graphed {times[label]:.3f} ms; kernels {b.kernel_split(fn)}", flush=True)
         if fla is not None:
@@ -119,7 +129,8 @@ def main() -> int:
 
         triton_chunk._unit_lower_inverse = identity
         args.skip_errors = True
-    variants = {k: v for k, v in VARIANTS.items() if args.only is None or k in args.only.split(",")}
+    labels = args.only.split(",") if args.only else list(VARIANTS)
+    variants = {k: options(k) for k in labels}
     fla = fla_fn()
     print(f"device: {torch.cuda.get_device_name()}", flush=True)
     speed(variants, fla, args.block_v)
