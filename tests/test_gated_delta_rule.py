@@ -54,6 +54,8 @@ CPU_CHUNK = (
 GPU_CHUNK = [Case(T, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16) for T in LENGTHS + (8192,)] + [
     Case(T, 16, 16, 128, 128, dt, "zero") for dt in (torch.float32, torch.bfloat16) for T in (65, 1000)
 ] + [Case(T, 16, 32, 128, 128, dt, "rand", "aligned") for dt in (torch.float32, torch.bfloat16) for T in (64, 1000)]
+# the tiny test models' heads (K 8, V 12) and small powers of two: 16-bit tiles padded to 64
+GPU_SMALL_HEADS = [Case(37, 2, 4, k, v, torch.bfloat16, "rand") for k, v in ((8, 12), (16, 16), (32, 32), (64, 64))]
 CPU_DECODE = [Case(1, 2, 4, 16, 16, torch.float32, "rand"), Case(1, 2, 2, 8, 12, torch.bfloat16, "rand")]
 GPU_DECODE = [Case(1, 16, hv, 128, 128, dt, "rand") for hv in (16, 32) for dt in (torch.float32, torch.bfloat16)]
 
@@ -247,6 +249,13 @@ def test_bad_heads_named():
 @pytest.mark.parametrize("c", params(GPU_CHUNK))
 def test_chunk_cuda(c):
     chunk_matches(c, "cuda")
+
+
+@pytest.mark.cuda
+@PATHS
+@pytest.mark.parametrize("c", params(GPU_SMALL_HEADS))
+def test_chunk_small_heads_cuda(c, path):
+    chunk_matches(c, "cuda", path)
 
 
 @pytest.mark.cuda

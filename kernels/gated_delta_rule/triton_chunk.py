@@ -59,11 +59,12 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 class Precision16:
     """Precision choices on 16-bit inputs (float32 inputs ignore them): which dots keep their float32 operand
     as hi + lo 16-bit parts (two exact-product dots) or round it to the input dtype (one dot), and in which
-    dtype the u and v_new scratch is stored. The defaults round S in both of its dots and v_new in the state
-    update, as FLA does, and keep att as hi + lo: through the fused path 0.53 ms at T = 8192 against FLA
-    0.6.0's 0.56, with o and state errors of 2.4e-3 and 1.7e-3 (aligned keys 4.4e-3, 4.7e-3) against FLA's
-    3.9e-3 and 2.7e-3 (8.8e-3, 9.1e-3) on the same inputs (H100, T = 1000, NOTES.md session 11). Splitting
-    the state update too (`PRECISE_STATE16`) holds the state error at 1e-5 for 0.56 ms."""
+    dtype the u and v_new scratch is stored. The defaults round S in its dots and v_new in the state update,
+    as FLA does, and keep att as hi + lo: through the fused path 0.53 ms at T = 8192 against FLA 0.6.0's
+    0.56-0.58, with o and state errors of 2.4e-3 and 1.7e-3 (aligned keys 4.4e-3, 4.7e-3) against FLA's
+    3.9e-3 and 2.7e-3 (8.8e-3, 9.1e-3) on the same inputs (H100, T = 1000, NOTES.md session 11). Rounding
+    att too (qkv_terms=1) was as fast within noise and raised the o error to 2.9e-3 (5.7e-3);
+    `PRECISE_STATE16` holds the state error at 1e-5 for 0.55 ms."""
 
     ws_split: bool = False  # v_new = u - w S: S as hi + lo (w itself is stored in 16 bits)
     update_split: bool = False  # S += k^T (ks v_new): v_new as hi + lo
@@ -431,6 +432,9 @@ def chunk_gated_delta_rule(
     )
     fp32_wide = v.dtype == torch.float32 and BK >= 128
     if fused:
+        # at BK = 64 the fused pass's 16-bit dots with a 32-wide B tile compute wrong values on the H100 under
+        # Triton 3.6 (K 8 and 16, by pipeline depth; scripts/device/fused_block_v_probe.py); 64 wide are right
+        BV = block_v or (BV if BK >= 128 else min(PV, 64))
         # fp32 inputs at K = 128: q, k, w tiles of 32 KB, att 16 KB per pipeline stage; two overflow 227 KB
         launcher(_state_output_kernel)[((V + BV - 1) // BV, Hv)](
             q, k, w, ks, el, u, att, qs, o, state, reset, T, NT,
