@@ -3,9 +3,9 @@
 - decode (fused recurrent gated delta rule) at Qwen3.5-35B-A3B shapes, a sweep of tiles and warps: us/call,
   bytes, GB/s against a device-to-device copy of the same bytes and of 1 GiB measured here; states rotate
   through more memory than L2 holds.
-- chunked prefill at T = 1024, 4096, 8192: the split path (default, and with session 9's precision) and the
-  two-kernel path, beside FLA's chunk_gated_delta_rule (if importable), eager and graphed, each with its
-  per-kernel split.
+- chunked prefill at T = 1024, 4096, 8192: the fused path (default, and with the state update split) and the
+  split path with session 10's precision, beside FLA's chunk_gated_delta_rule (if importable), eager and
+  graphed, each with its per-kernel split.
 - causal conv1d: us/call, decode and prefill.
 
 Usage: python scripts/bench_gdn.py [--json out.json] [--only decode|prefill|conv] [--fp32]
