@@ -208,10 +208,9 @@ def _prep_kernel(
         qk = _dot_inputs(qin, tl.trans(kin), PREC, UPCAST) * rq[:, None] * rnorm[None, :]
         att = tl.where(ri[:, None] == ri[None, :], qk, qk * decay)  # [BT, BT]: decay is 0 on and above the diagonal
         a_offs = (i_h * T + rows[:, None]) * BT + ri[None, :]  # [BT, BT]
-        hi = att.to(a_ptr.dtype.element_ty)
+        hi, lo = _hilo(att, a_ptr.dtype.element_ty)
         tl.store(a_ptr + a_offs, hi, mask=live[:, None])
         if ATT_LO:  # the rounding remainder as a second 16-bit matrix, behind the first
-            lo = (att - hi.to(tl.float32)).to(a_ptr.dtype.element_ty)
             tl.store(a_ptr + NH * T * BT + a_offs, lo, mask=live[:, None])
         tl.store(qs_ptr + i_h * T + rows, rq * tl.exp(G), mask=live)
     # k k^T on k as given (16-bit dots multiply it exactly), the norms and beta scale the product
@@ -312,10 +311,7 @@ def _state_output_kernel(
         qs = tl.load(qs_ptr + i_h * T + rows, mask=live, other=0.0)  # [BT]: exp(G) / (|q| sqrt(K))
         u = tl.load(u_ptr + (i_h * T + rows[:, None]) * V + cv[None, :], mask=vm, other=0.0).to(tl.float32)
         # q S and w S both take S rounded to 16 bits on 16-bit inputs (w S: unless WS_SPLIT)
-        if qt.dtype == tl.float32:
-            q_s = tl.dot(qt, s, input_precision=PREC)  # [BT, BV]
-        else:
-            q_s = _dot_inputs(qt, s.to(qt.dtype), PREC, UPCAST)
+        q_s = _dot_x16_f32x(qt, s, False, PREC, UPCAST)  # [BT, BV]
         v_new = u - _dot_x16_f32x(w, s, WS_SPLIT, PREC, UPCAST)  # [BT, BV]
         if qt.dtype == tl.float32:
             qkv = tl.dot(att, v_new, input_precision=PREC)
@@ -421,7 +417,6 @@ def chunk_gated_delta_rule(
     floor = 16 if v.dtype == torch.float32 else MIN_TILE_16
     BK = max(floor, triton.next_power_of_2(K))
     PV = max(floor, triton.next_power_of_2(V))
-    BV = block_v or min(PV, STATE_BV)
     group = Hv // Hk
     launcher(_prep_kernel)[(NT, Hv)](
         q, k, v, g, beta, w, u, gc, ks, el, att, qs, T,
@@ -434,7 +429,7 @@ def chunk_gated_delta_rule(
     if fused:
         # at BK = 64 the fused pass's 16-bit dots with a 32-wide B tile compute wrong values on the H100 under
         # Triton 3.6 (K 8 and 16, by pipeline depth; scripts/device/fused_block_v_probe.py); 64 wide are right
-        BV = block_v or (BV if BK >= 128 else min(PV, 64))
+        BV = block_v or min(PV, STATE_BV if BK >= 128 else 64)
         # fp32 inputs at K = 128: q, k, w tiles of 32 KB, att 16 KB per pipeline stage; two overflow 227 KB
         launcher(_state_output_kernel)[((V + BV - 1) // BV, Hv)](
             q, k, w, ks, el, u, att, qs, o, state, reset, T, NT,
@@ -448,6 +443,7 @@ def chunk_gated_delta_rule(
     # v_new over u where their dtypes agree: each element of u is read by its own state-pass program only
     vn_dtype = scratch if precision.vnew_16 else torch.float32
     vn = u if vn_dtype == u.dtype else torch.empty((Hv, T, V), dtype=vn_dtype, device=v.device)
+    BV = block_v or min(PV, STATE_BV)
     # fp32 w/k tiles at K=128 take ~64 KB per pipeline stage
     launcher(_state_kernel)[((V + BV - 1) // BV, Hv)](
         k, w, ks, el, u, vn, h, state, reset, T, NT, k.stride(1), k.stride(2),

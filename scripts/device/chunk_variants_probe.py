@@ -66,11 +66,11 @@ def errors(variants: dict, fla, trials: int) -> None:
             x = t.make(c, "cuda")
             o64, s64 = t.truth(x)
             reset = torch.zeros(1, dtype=torch.bool, device="cuda")
-            for label, prec in variants.items():
+            for label, kw in variants.items():
                 s = x["state"].clone()
                 out = torch.full_like(x["v"], float("nan"))
                 o = chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s, reset, out=out,
-                                           **options(label))
+                                           **kw)
                 acc.setdefault(label, []).append((t.rel_rms(o, o64), t.rel_rms(s, s64)))
             if fla is not None:
                 o, s = fla(x, x["state"].clone())
@@ -88,10 +88,10 @@ def speed(variants: dict, fla, block_v: int = 0) -> None:
     for T in (1024, 4096, 8192):
         x = b.prefill_inputs(T, torch.bfloat16)
         times = {}
-        for label, prec in variants.items():
+        for label, kw in variants.items():
             s = x["state"].clone()
-            fn = lambda s=s, label=label: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s,
-                                                                   reset, block_v=block_v, **options(label))
+            fn = lambda s=s, kw=kw: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], s,
+                                                             reset, block_v=block_v, **kw)
             times[label] = b.timed(b.graphed(lambda i: fn(), 4), reps=9, inner=1) / 4 / 1e3
             print(f"speed T={T} {label:14s} graphed {times[label]:.3f} ms; kernels {b.kernel_split(fn)}", flush=True)
         if fla is not None:
