@@ -5,7 +5,8 @@ y = sum_slot w_slot * down_e h[slot] for a slice of output rows, plus optionally
 sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed. `DecodeConfig` selects:
 - router "inline": every kernel-1 program routes the token itself (no extra launch; it writes ids/weights
   for kernel 2 from program 0); "kernel": one routing program runs first and kernel 1 reads its slot's id.
-- pick "argmax": three block-wide reductions per selected expert (`route_row`); "packed": one (`route_row_packed`).
+- pick "argmax": three block-wide reductions per selected expert (`route_row`); "packed": one (`route_row_packed`);
+  "topk": one bitonic top-k of the packed keys (`pick_top_k`).
 - gate_up / down "tile": the kernels of runs 1-3 (kernel 1 on a (slot, row block) grid with [BLOCK_I, BLOCK_H]
   accumulators walked by a loop; kernel 2 one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step, the shared
   expert's rows in a second loop); "unrolled": the column steps unrolled, so that no weight load waits on the
@@ -23,19 +24,19 @@ import triton
 import triton.language as tl
 
 from .launch import launch, next_pow2
-from .route import route_any, route_kernel
+from .route import PICKS, route_any, route_kernel
 
-CHOICES = {"router": ("inline", "kernel"), "pick": ("argmax", "packed"), "gate_up": ("tile", "unrolled"),
+CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "unrolled"),
            "down": ("tile", "unrolled")}
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """The defaults are the fastest design measured on the H100 (kernels/moe/NOTES.md, run 5): the router
-    kernel, the unrolled kernel 1 and the tile kernel 2 of runs 1-3 (`BASELINE`)."""
+    """The defaults are the fastest design measured on the H100 (kernels/moe/NOTES.md, run 5 and session 12):
+    the router kernel with the bitonic top-k, the unrolled kernel 1 and the tile kernel 2 of runs 1-3 (`BASELINE`)."""
 
     router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
-    pick: str = "argmax"
+    pick: str = "topk"  # the router kernel alone 4.8 us against 5.3 for "argmax" (NOTES.md, session 12)
     gate_up: str = "unrolled"
     down: str = "tile"
     block_i: int = 2  # gate/up rows per program (of each of gate and up)
@@ -64,11 +65,11 @@ RUN4 = DecodeConfig(gate_up="tile", block_i=4)
 @triton.jit
 def slot_expert(slot, writer, logits_ptr, logits_col_stride, ids_ptr, weights_ptr, E: tl.constexpr,
                 E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr,
-                ROUTE: tl.constexpr, PACKED: tl.constexpr):
+                ROUTE: tl.constexpr, PICK: tl.constexpr):
     """Expert id (int64) of `slot`: routed here when ROUTE (the `writer` program stores ids/weights for
     kernel 2), else one load of the router kernel's output."""
     if ROUTE:
-        ids, top = route_any(logits_ptr, 0, logits_col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
+        ids, top = route_any(logits_ptr, 0, logits_col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
         slots = tl.arange(0, K_P2)
         if writer:
             tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
@@ -96,7 +97,7 @@ def decode_gate_up_kernel(
     K_P2: tl.constexpr,
     RENORM: tl.constexpr,
     ROUTE: tl.constexpr,
-    PACKED: tl.constexpr,
+    PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -104,7 +105,7 @@ def decode_gate_up_kernel(
     slot = tl.program_id(0)
     pid_i = tl.program_id(1)
     e = slot_expert(slot, (slot == 0) & (pid_i == 0), logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
-                    E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PACKED)
+                    E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
     rows = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
     row_ok = rows < I
     gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
@@ -141,7 +142,7 @@ def gate_up_unrolled_kernel(
     K_P2: tl.constexpr,
     RENORM: tl.constexpr,
     ROUTE: tl.constexpr,
-    PACKED: tl.constexpr,
+    PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -152,7 +153,7 @@ def gate_up_unrolled_kernel(
     pid = tl.program_id(0)
     slot = pid // n_blocks
     e = slot_expert(slot, pid == 0, logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
-                    E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PACKED)
+                    E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
     rows = (pid % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_ok = rows < I
     gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
@@ -299,7 +300,7 @@ def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg
     launch(route_kernel)[(1,)](
         router_logits, 0, router_logits.stride(1), ids, weights,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-        PACKED=cfg.pick == "packed", num_warps=cfg.warps_router,
+        PICK=PICKS.index(cfg.pick), num_warps=cfg.warps_router,
     )
 
 
@@ -322,7 +323,7 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
     launch(kernel)[grid](
         x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
         H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-        ROUTE=inline, PACKED=cfg.pick == "packed", BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
+        ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
     )
     return h, ids, weights
 

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..gated_delta_rule.launch import dense
 from .launch import launch, next_pow2
-from .route import route_kernel
+from .route import PICKS, route_kernel
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,8 @@ class PrefillConfig:
     n_first: bool = True  # grid order: a block's N tiles run next to each other, so its rows are read once from HBM
 
     def __post_init__(self):
-        if self.pick not in ("argmax", "packed"):
-            raise ValueError(f"PrefillConfig.pick must be 'argmax' or 'packed', got {self.pick!r}")
+        if self.pick not in PICKS:
+            raise ValueError(f"PrefillConfig.pick must be one of {PICKS}, got {self.pick!r}")
 
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -255,7 +255,7 @@ def moe_prefill(
     weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
     launch(route_kernel)[(T,)](
         router_logits, router_logits.stride(0), router_logits.stride(1), ids, weights,
-        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, PACKED=cfg.pick == "packed",
+        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, PICK=PICKS.index(cfg.pick),
     )
     bm = cfg.block_m
     pairs, block_expert = group_by_expert(ids, E, bm)

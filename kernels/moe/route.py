@@ -5,6 +5,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# top-k methods: three block-wide reductions per pick; one, over packed keys; one bitonic top-k of those keys
+PICKS = ("argmax", "packed", "topk")
+
 
 @triton.jit
 def load_logits(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.constexpr):
@@ -60,11 +63,11 @@ def route_kernel(
     TOP_K: tl.constexpr,
     K_P2: tl.constexpr,
     RENORM: tl.constexpr,
-    PACKED: tl.constexpr,
+    PICK: tl.constexpr,
 ):
     """One program per token: ids [T, TOP_K] int32, weights [T, TOP_K] float32."""
     t = tl.program_id(0).to(tl.int64)
-    ids, top = route_any(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PACKED)
+    ids, top = route_any(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
     slots = tl.arange(0, K_P2)
     tl.store(ids_ptr + t * TOP_K + slots, ids, mask=slots < TOP_K)
     tl.store(weights_ptr + t * TOP_K + slots, top, mask=slots < TOP_K)
@@ -106,6 +109,32 @@ def route_row_packed(
 
 
 @triton.jit
+def pick_top_k(logit, offs, valid, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr,
+               RENORM: tl.constexpr):
+    """`route_row_packed`'s keys, the best K_P2 of them by one bitonic top-k (`tl.topk`: log2(E_P2) rounds of
+    compare-exchanges instead of TOP_K dependent reductions). logit [E_P2] float32, -inf where not valid.
+    Same ids and weights as the other two methods."""
+    mx = tl.max(logit, 0)
+    prob = tl.where(valid, tl.exp(logit - mx), 0.0)  # unnormalised softmax
+    key = (ordered_bits(logit).to(tl.int64) << 32) | (E_P2 - 1 - offs).to(tl.int64)  # [E_P2], all distinct
+    if K_P2 == 1:  # tl.topk reduces a single winner to a scalar it cannot reshape
+        best = tl.zeros([1], dtype=tl.int64) + tl.max(key, 0)
+    else:
+        best = tl.topk(key, K_P2)  # [K_P2], descending
+    slots = tl.arange(0, K_P2)
+    taken = slots < TOP_K
+    pick = E_P2 - 1 - (best & 0xFFFFFFFF).to(tl.int32)
+    p = tl.where(pick < E, tl.exp(float_of_ordered((best >> 32).to(tl.int32)) - mx), 0.0)
+    ids = tl.where(taken, tl.minimum(pick, E - 1), 0)
+    top = tl.where(taken, p, 0.0)
+    if RENORM:
+        top = top / tl.sum(top, 0)
+    else:
+        top = top / tl.sum(prob, 0)
+    return ids, top
+
+
+@triton.jit
 def ordered_bits(v):
     """float32 -> int32 with the same order (-0.0 first made +0.0, so that it ties with +0.0)."""
     bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
@@ -120,9 +149,12 @@ def float_of_ordered(k):
 
 @triton.jit
 def route_any(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
-              K_P2: tl.constexpr, RENORM: tl.constexpr, PACKED: tl.constexpr):
-    """One token's ids [K_P2] int32 and weights [K_P2] float32, by either top-k method."""
-    if PACKED:
+              K_P2: tl.constexpr, RENORM: tl.constexpr, PICK: tl.constexpr):
+    """One token's ids [K_P2] int32 and weights [K_P2] float32 by the top-k method PICKS[PICK]."""
+    if PICK == 2:
+        offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
+        ids, top = pick_top_k(logit, offs, valid, E, E_P2, TOP_K, K_P2, RENORM)
+    elif PICK:
         ids, top = route_row_packed(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
     else:
         ids, top = route_row(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
