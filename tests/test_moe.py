@@ -18,7 +18,9 @@ import torch
 
 from gdn.kernels.moe import op, reference
 from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_route
+from gdn.kernels.moe.decode_layer import SYNC_LEN, LayerConfig, moe_layer_decode
 from gdn.kernels.moe.prefill import PrefillConfig, group_by_expert, moe_prefill
+from gdn.kernels.moe.route import PICKS
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -163,6 +165,42 @@ def test_decode_shared_configs_interpreted(cfg, dtype, poisoned):
     assert (got.double() - want).abs().max().item() <= TOL[dtype] * want.abs().max().item()
 
 
+def layer_inputs(E: int, H: int, I: int, S: int, dtype, device):
+    """x [1, H], W_rs [E + 2S + 1, H], gate_up, down, shared_down, and a zeroed sync buffer."""
+    x = torch.randn(1, H, device=device).to(dtype)
+    w_rs = (torch.randn(E + 2 * S + 1, H, device=device) * H**-0.5).to(dtype)
+    gate_up, down = make_weights(E, H, I, dtype, device)
+    shared_down = (torch.randn(H, S, device=device) * S**-0.5).to(dtype)
+    return x, w_rs, gate_up, down, shared_down, torch.zeros(SYNC_LEN, dtype=torch.int32, device=device)
+
+
+def check_layer(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg):
+    """Against float64 on the projection rounded to x's dtype (as the kernel rounds it); twice, bit-equal (a
+    race would move it); the counters back at zero after each call."""
+    got = moe_layer_decode(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg)
+    assert sync.abs().sum().item() == 0, "the counters were not reset"
+    again = moe_layer_decode(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg)
+    assert torch.equal(got, again)
+    rs = (x.double() @ w_rs.double().T).to(x.dtype)
+    want = reference.moe_shared_float64(x, rs, gate_up, down, shared_down, k, renorm)
+    assert got.dtype == x.dtype and not got.isnan().any()
+    err, scale = (got.double() - want).abs().max().item(), want.abs().max().item()
+    assert err <= TOL[x.dtype] * scale, f"max err {err:.3e} > {TOL[x.dtype]} * {scale:.3e}"
+
+
+LAYER_CONFIGS = {"default": LayerConfig(), "small-blocks": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2)}
+
+
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("renorm", [True, False], ids=["renorm", "fullsoftmax"])
+@pytest.mark.parametrize("cfg", LAYER_CONFIGS.values(), ids=LAYER_CONFIGS.keys())
+def test_one_launch_layer_interpreted(cfg, renorm, dtype, poisoned):
+    """The one-launch decode layer (projection, routing, experts, shared expert): S differs from I, H and I
+    are not powers of 2."""
+    check_layer(*layer_inputs(16, 48, 24, 40, dtype, "cpu"), 4, renorm, cfg)
+
+
 ROUTE_CASES = [(10, 1), (10, 10), (64, 8), (300, 10), (512, 10)]  # (E, top_k)
 
 
@@ -171,7 +209,7 @@ ROUTE_CASES = [(10, 1), (10, 10), (64, 8), (300, 10), (512, 10)]  # (E, top_k)
 @pytest.mark.parametrize("mode", ["random", "ties", "signed-zeros-and-inf"])
 @pytest.mark.parametrize("E,top_k", ROUTE_CASES, ids=[f"E{e}-k{k}" for e, k in ROUTE_CASES])
 def test_packed_top_k_equals_argmax_rounds_interpreted(E, top_k, mode, renorm, poisoned):
-    """The router kernel's two top-k methods give the same ids and the same weights, bit for bit, and the ids
+    """The router kernel's three top-k methods give the same ids and the same weights, bit for bit, and the ids
     are the float64 reference's (ties to the lower index; -0.0 ties with +0.0; -inf logits last)."""
     if mode == "signed-zeros-and-inf":
         logits = torch.tensor([0.0, -0.0, float("-inf"), 1.0, -1.0] * (E // 5 + 1))[:E].reshape(1, E)
@@ -179,13 +217,14 @@ def test_packed_top_k_equals_argmax_rounds_interpreted(E, top_k, mode, renorm, p
     else:
         logits = make_logits(1, E, mode, torch.float32, "cpu")
     got = {}
-    for pick in ("argmax", "packed"):
+    for pick in PICKS:
         ids = torch.empty(top_k, dtype=torch.int32)
         weights = torch.empty(top_k, dtype=torch.float32)
         decode_route(logits, ids, weights, top_k, renorm, DecodeConfig(router="kernel", pick=pick))
         got[pick] = ids, weights
-    assert torch.equal(got["packed"][0], got["argmax"][0])
-    assert torch.equal(got["packed"][1], got["argmax"][1])
+    for pick in ("packed", "topk"):
+        assert torch.equal(got[pick][0], got["argmax"][0]), pick
+        assert torch.equal(got[pick][1], got["argmax"][1]), pick
     want_w, want_ids = reference.route_stable(logits.double(), top_k, renorm)
     assert got["packed"][0].tolist() == want_ids[0].tolist()
     torch.testing.assert_close(got["packed"][1].double(), want_w[0], rtol=1e-6, atol=1e-7)
@@ -288,6 +327,16 @@ def test_gdn_moe_cuda(mode, T, E, top_k, dtype, gpu_weights, poisoned):
     renorm = mode != "cold"
     got = torch.ops.gdn.moe(x, logits, gate_up, down, top_k, renorm)
     check(got, x, logits, gate_up, down, top_k, renorm, mode)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("E,top_k", [(256, 8), (512, 10)], ids=["E256-k8", "E512-k10"])
+def test_one_launch_layer_cuda(E, top_k, dtype, poisoned):
+    """Qwen3.5-35B-A3B and Qwen3-Next shapes, polling with and without sleeps; every call on fresh inputs."""
+    for backoff in (False, True):
+        for _ in range(5):
+            check_layer(*layer_inputs(E, 2048, 512, 512, dtype, "cuda"), top_k, True, LayerConfig(backoff=backoff))
 
 
 @pytest.mark.cuda

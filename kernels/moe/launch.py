@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 from triton.runtime.jit import JITFunction
+
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def launch(kernel: Any) -> Any:
