@@ -158,11 +158,15 @@ class Decode:
         return lambda: decode_down(h, ids, wts, self.down, self.out, sh, cfg)
 
 
+def layer_bytes() -> tuple[int, int, int, int]:
+    """Bytes a decode layer reads: (all, the K experts, the shared expert, the router and shared gate rows)."""
+    routed, shared, router = K * 3 * I * H * 2, 3 * S * H * 2, (E + 1) * H * 2
+    return routed + shared + router, routed, shared, router
+
+
 def decode_table(w, bw: float) -> list[str]:
     d = Decode(w)
-    expert_bytes = 3 * I * H * 2
-    routed, shared, router = K * expert_bytes, 3 * S * H * 2, (E + 1) * H * 2
-    layer = routed + shared + router
+    layer, routed, shared, router = layer_bytes()
     k1_bytes, k2_bytes, k2s_bytes = 2 * I * H * 2 * K, I * H * 2 * K, I * H * 2 * K + S * H * 2
     out = [f"Decode, T=1, H {H}, I {I}, E {E}, top-{K}, shared {S}, bf16. Bytes: 8 experts {routed / 1e6:.1f} MB, "
            f"shared expert {shared / 1e6:.1f} MB, router {router / 1e6:.2f} MB. Copy bandwidth {bw / 1e9:.0f} GB/s.", "",

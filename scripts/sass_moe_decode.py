@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from gdn.kernels.moe import decode as D
-from gdn.kernels.moe.route import route_kernel
+from gdn.kernels.moe.route import PICKS, route_kernel
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
 TARGET = GPUTarget("cuda", 90, 32)
@@ -66,7 +66,7 @@ def summary(usage: str, sass: str) -> str:
 def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
     fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
     consts = dict(H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, ROUTE=cfg.router == "inline",
-                  PACKED=cfg.pick == "packed", BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
+                  PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
     return compile_sm90(fn, GATE_UP_ARGS, consts, cfg.warps_gate_up)
 
 
@@ -80,7 +80,7 @@ def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
 
 
 def route(cfg: D.DecodeConfig) -> tuple[str, str]:
-    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PACKED=cfg.pick == "packed")
+    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PICK=PICKS.index(cfg.pick))
     return compile_sm90(route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
 
 

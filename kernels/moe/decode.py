@@ -36,7 +36,7 @@ class DecodeConfig:
     the router kernel with the bitonic top-k, the unrolled kernel 1 and the tile kernel 2 of runs 1-3 (`BASELINE`)."""
 
     router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
-    pick: str = "topk"  # the router kernel alone 4.8 us against 5.3 for "argmax" (NOTES.md, session 12)
+    pick: str = "topk"  # the router kernel alone 4.9 us against 5.4 for "argmax" (NOTES.md, session 12)
     gate_up: str = "unrolled"
     down: str = "tile"
     block_i: int = 2  # gate/up rows per program (of each of gate and up)

@@ -36,9 +36,10 @@ from .route import pick_top_k
 
 # sync [SYNC_LEN] int32, zero between calls: five counters, each on its own 128-byte line (the ticket's and
 # the finish counter's atomics and the waiters' polling would otherwise queue behind each other)
-LINE = 32
-TICKET, R_DONE, ROUTED, H_DONE, FINISHED = (tl.constexpr(i * LINE) for i in range(5))
-SYNC_LEN = 5 * LINE
+LINE_INTS = 32
+LINE, COUNTERS = tl.constexpr(LINE_INTS), tl.constexpr(5)
+TICKET, R_DONE, ROUTED, H_DONE, FINISHED = (tl.constexpr(i * LINE_INTS) for i in range(5))
+SYNC_LEN = 5 * LINE_INTS
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class LayerConfig:
     block_h: int = 2048  # columns per unrolled step of the R / S / G mat-vecs
     block_out: int = 4  # output rows per D program
     tile_down: int = 16384  # at most this many down elements per D program (block_out shrinks to fit)
-    warps: int = 4  # 8: 39.4 us against 35.4 (NOTES.md, session 12)
+    warps: int = 4  # 8: 42.8 us against 38.2 (first version, NOTES.md, session 12)
     backoff: bool = False  # sleep between polls (GPU only): 39.1 us against 35.4 without
 
 
@@ -201,7 +202,7 @@ def moe_layer_decode_kernel(
         tl.store(trace_ptr + 2 * t + 1, _now(t))
     if _arrive(sync_ptr + FINISHED) == N_R + N_H + N_D - 1:
         every = tl.arange(0, 8)
-        tl.store(sync_ptr + every * R_DONE, tl.zeros([8], dtype=tl.int32), mask=every < 5)  # R_DONE: one line
+        tl.store(sync_ptr + every * LINE, tl.zeros([8], dtype=tl.int32), mask=every < COUNTERS)
 
 
 def moe_layer_decode(

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ..gated_delta_rule.launch import dense
-from .launch import launch, next_pow2
+from .launch import INTERPRETED, launch, next_pow2
 from .route import PICKS, route_kernel
 
 
@@ -38,7 +37,6 @@ class PrefillConfig:
             raise ValueError(f"PrefillConfig.pick must be one of {PICKS}, got {self.pick!r}")
 
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 GROUP_BLOCK = 256  # pairs per program of the grouping kernels
 SUM_BLOCK_H = 1024  # columns per program of the slot sum
 

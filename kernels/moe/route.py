@@ -44,11 +44,7 @@ def route_row(
         ids = tl.where(slots == j, pick, ids)
         top = tl.where(slots == j, tl.sum(tl.where(offs == pick, prob, 0.0), 0), top)
         free = free & (offs != pick)
-    if RENORM:
-        top = top / tl.sum(top, 0)
-    else:
-        top = top / tl.sum(prob, 0)
-    return ids, top
+    return ids, normalise(top, prob, RENORM)
 
 
 @triton.jit
@@ -88,9 +84,7 @@ def route_row_packed(
     high half, E_P2 - 1 - index in the low half) names the best logit and, among equal ones, the lowest
     index; the pick's probability is recomputed from the logit in the key. Same ids and weights."""
     offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
-    mx = tl.max(logit, 0)
-    prob = tl.where(valid, tl.exp(logit - mx), 0.0)  # unnormalised softmax
-    key = (ordered_bits(logit).to(tl.int64) << 32) | (E_P2 - 1 - offs).to(tl.int64)  # [E_P2], all distinct
+    mx, prob, key = packed_keys(logit, offs, valid, E_P2)
     slots = tl.arange(0, K_P2)
     ids = tl.zeros([K_P2], dtype=tl.int32)
     top = tl.zeros([K_P2], dtype=tl.float32)
@@ -101,11 +95,7 @@ def route_row_packed(
         ids = tl.where(slots == j, tl.minimum(pick, E - 1), ids)  # pick >= E: every real logit is taken
         top = tl.where(slots == j, p, top)
         key = tl.where(offs == pick, -(2**63), key)
-    if RENORM:
-        top = top / tl.sum(top, 0)
-    else:
-        top = top / tl.sum(prob, 0)
-    return ids, top
+    return ids, normalise(top, prob, RENORM)
 
 
 @triton.jit
@@ -114,9 +104,7 @@ def pick_top_k(logit, offs, valid, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: t
     """`route_row_packed`'s keys, the best K_P2 of them by one bitonic top-k (`tl.topk`: log2(E_P2) rounds of
     compare-exchanges instead of TOP_K dependent reductions). logit [E_P2] float32, -inf where not valid.
     Same ids and weights as the other two methods."""
-    mx = tl.max(logit, 0)
-    prob = tl.where(valid, tl.exp(logit - mx), 0.0)  # unnormalised softmax
-    key = (ordered_bits(logit).to(tl.int64) << 32) | (E_P2 - 1 - offs).to(tl.int64)  # [E_P2], all distinct
+    mx, prob, key = packed_keys(logit, offs, valid, E_P2)
     if K_P2 == 1:  # tl.topk reduces a single winner to a scalar it cannot reshape
         best = tl.zeros([1], dtype=tl.int64) + tl.max(key, 0)
     else:
@@ -126,12 +114,27 @@ def pick_top_k(logit, offs, valid, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: t
     pick = E_P2 - 1 - (best & 0xFFFFFFFF).to(tl.int32)
     p = tl.where(pick < E, tl.exp(float_of_ordered((best >> 32).to(tl.int32)) - mx), 0.0)
     ids = tl.where(taken, tl.minimum(pick, E - 1), 0)
-    top = tl.where(taken, p, 0.0)
+    return ids, normalise(tl.where(taken, p, 0.0), prob, RENORM)
+
+
+@triton.jit
+def packed_keys(logit, offs, valid, E_P2: tl.constexpr):
+    """-> the max logit, the unnormalised softmax [E_P2] and the int64 keys [E_P2], all distinct: logit order in
+    the high half, E_P2 - 1 - index in the low half."""
+    mx = tl.max(logit, 0)
+    prob = tl.where(valid, tl.exp(logit - mx), 0.0)
+    key = (ordered_bits(logit).to(tl.int64) << 32) | (E_P2 - 1 - offs).to(tl.int64)
+    return mx, prob, key
+
+
+@triton.jit
+def normalise(top, prob, RENORM: tl.constexpr):
+    """The picked probabilities over their own sum (RENORM) or over the full softmax's."""
     if RENORM:
-        top = top / tl.sum(top, 0)
+        out = top / tl.sum(top, 0)
     else:
-        top = top / tl.sum(prob, 0)
-    return ids, top
+        out = top / tl.sum(prob, 0)
+    return out
 
 
 @triton.jit
@@ -154,7 +157,7 @@ def route_any(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.cons
     if PICK == 2:
         offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
         ids, top = pick_top_k(logit, offs, valid, E, E_P2, TOP_K, K_P2, RENORM)
-    elif PICK:
+    elif PICK == 1:
         ids, top = route_row_packed(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
     else:
         ids, top = route_row(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)

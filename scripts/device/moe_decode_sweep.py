@@ -35,8 +35,7 @@ def main() -> None:
         cfg = replace(BASE, pick=pick, warps_router=warps)
         t = bm.timed(lambda cfg=cfg: decode_route(d.logits, ids, wts, bm.K, True, cfg), eager=False).graph_us
         print(f"router kernel alone, {pick} w{warps}: {t:.2f} us")
-    expert = 3 * bm.I * bm.H * 2
-    routed, layer = bm.K * expert, bm.K * expert + 3 * bm.S * bm.H * 2 + (bm.E + 1) * bm.H * 2
+    layer, routed = bm.layer_bytes()[:2]
     bw = bm.copy_bandwidth()
     print(f"copy {bw / 1e9:.0f} GB/s")
     for name, cfg in DESIGNS.items():

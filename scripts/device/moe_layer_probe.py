@@ -28,13 +28,9 @@ from gdn.kernels.moe.decode_layer import SYNC_LEN, LayerConfig, moe_layer_decode
 
 SWEEP = [LayerConfig()] + [
     replace(LayerConfig(), **kw)
-    for kw in (dict(backoff=False), dict(block_i=2), dict(block_i=8), dict(block_out=8, tile_down=32768),
+    for kw in (dict(backoff=True), dict(block_i=2), dict(block_i=8), dict(block_out=8, tile_down=32768),
                dict(warps=8), dict(block_r=4), dict(block_i=8, block_out=8, tile_down=32768))
 ]
-
-
-def layer_bytes() -> int:
-    return bm.K * 3 * bm.I * bm.H * 2 + 3 * bm.S * bm.H * 2 + (bm.E + 1) * bm.H * 2
 
 
 def check(w, trials: int = 20) -> None:
@@ -63,7 +59,7 @@ def bench(w) -> None:
     gate_up, down, w_rs, shared_down = w
     d = bm.Decode(w)
     bw = bm.copy_bandwidth()
-    nbytes = layer_bytes()
+    nbytes = bm.layer_bytes()[0]
     print(f"copy {bw / 1e9:.0f} GB/s; layer bytes {nbytes / 1e6:.1f} MB", flush=True)
 
     def show(name, fn):
@@ -94,7 +90,7 @@ def trace(w) -> None:
     gate_up, down, w_rs, shared_down = w
     x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
     sync = torch.zeros(SYNC_LEN, dtype=torch.int32, device="cuda")
-    for cfg in (LayerConfig(), LayerConfig(backoff=False)):
+    for cfg in (LayerConfig(), LayerConfig(backoff=True)):
         n_r, n_s = -(-(bm.E + 1) // cfg.block_r), -(-bm.S // cfg.block_i)
         n_g, n_d = bm.K * -(-bm.I // cfg.block_i), -(-bm.H // cfg.block_out)
         buf = torch.zeros(2 * (n_r + n_s + n_g + n_d), dtype=torch.int64, device="cuda")

@@ -14,7 +14,7 @@ import bench_gdn  # noqa: E402
 import bench_moe as bm  # noqa: E402
 from gdn.kernels.moe.launch import next_pow2  # noqa: E402
 from gdn.kernels.moe.prefill import PrefillConfig, moe_prefill  # noqa: E402
-from gdn.kernels.moe.route import route_kernel  # noqa: E402
+from gdn.kernels.moe.route import PICKS, route_kernel  # noqa: E402
 
 BASE = PrefillConfig()
 CONFIGS = {
@@ -40,7 +40,7 @@ def main() -> None:
         for warps in (4,):
             fn = lambda pick=pick, warps=warps: torch.library.wrap_triton(route_kernel)[(T,)](
                 logits, logits.stride(0), logits.stride(1), ids, wts, E=bm.E, E_P2=next_pow2(bm.E), TOP_K=bm.K,
-                K_P2=bm.K, RENORM=True, PACKED=pick == "packed", num_warps=warps)
+                K_P2=bm.K, RENORM=True, PICK=PICKS.index(pick), num_warps=warps)
             print(f"route_kernel T {T} {pick} w{warps}: {bm.timed(fn, eager=False).graph_us:.1f} us")
     best, best_ms = None, 1e9
     for T in (8192, 2048, 512):
