@@ -1,7 +1,7 @@
 """MoE benchmark on one CUDA GPU: decode at Qwen3.5-35B-A3B shapes (µs per layer, GB/s over the bytes read,
 against measured copy bandwidth) and prefill T = 512/2048/8192 (TFLOP/s against the measured bf16 matmul
 rate), side by side with the naive gathered-weights path (reference.moe). CUDA events, medians; L2 is
-flushed before every timed call (a real model's 256 experts per layer never sit in L2).
+flushed before every timed call by reading 256 MB (a real model's 256 experts per layer never sit in L2).
 
 Decode compares, in one run, the design of runs 1-3 (`BASELINE`), each new part alone (router kernel, packed
 top-k, unrolled kernels) and the default config, then sweeps the unrolled kernels' blocks and warps (kernel 1
@@ -26,6 +26,7 @@ from gdn.kernels.moe.prefill import PrefillConfig, moe_prefill
 H, I, E, K, S = 2048, 512, 256, 8, 512
 DT = torch.bfloat16
 FLUSH = None
+FLUSH_MODE = "read"  # "write": the zeroing flush of runs 1-5 and session 12; "none": a warm-L2 control
 
 
 @dataclass
@@ -35,7 +36,13 @@ class Timing:
 
 
 def flush_l2() -> None:
-    FLUSH.zero_()
+    """Evict L2 before a timed call by reading 256 MB, which leaves clean lines, as a model's earlier kernels
+    (weight reads) leave it. Zeroing the buffer instead left ~50 MB of dirty lines whose write-back the timed
+    call paid (kernels/moe/NOTES.md, session 13)."""
+    if FLUSH_MODE == "write":
+        FLUSH.zero_()
+    elif FLUSH_MODE == "read":
+        FLUSH.sum()
 
 
 def median_us(fn, iters: int) -> float:

@@ -15,10 +15,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from gdn.kernels.moe import op, reference
 from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_route
-from gdn.kernels.moe.decode_layer import SYNC_LEN, LayerConfig, moe_layer_decode
+from gdn.kernels.moe import decode_layer
+from gdn.kernels.moe.decode_layer import LayerConfig, moe_layer_decode, sync_len, ticket_items
 from gdn.kernels.moe.prefill import PrefillConfig, group_by_expert, moe_prefill
 from gdn.kernels.moe.route import PICKS
 
@@ -166,17 +169,18 @@ def test_decode_shared_configs_interpreted(cfg, dtype, poisoned):
 
 
 def layer_inputs(E: int, H: int, I: int, S: int, dtype, device):
-    """x [1, H], W_rs [E + 2S + 1, H], gate_up, down, shared_down, and a zeroed sync buffer."""
+    """x [1, H], W_rs [E + 2S + 1, H], gate_up, down, shared_down."""
     x = torch.randn(1, H, device=device).to(dtype)
     w_rs = (torch.randn(E + 2 * S + 1, H, device=device) * H**-0.5).to(dtype)
     gate_up, down = make_weights(E, H, I, dtype, device)
     shared_down = (torch.randn(H, S, device=device) * S**-0.5).to(dtype)
-    return x, w_rs, gate_up, down, shared_down, torch.zeros(SYNC_LEN, dtype=torch.int32, device=device)
+    return x, w_rs, gate_up, down, shared_down
 
 
-def check_layer(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg):
+def check_layer(x, w_rs, gate_up, down, shared_down, k, renorm, cfg):
     """Against float64 on the projection rounded to x's dtype (as the kernel rounds it); twice, bit-equal (a
     race would move it); the counters back at zero after each call."""
+    sync = torch.zeros(sync_len(x.shape[1], k, cfg), dtype=torch.int32, device=x.device)
     got = moe_layer_decode(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg)
     assert sync.abs().sum().item() == 0, "the counters were not reset"
     again = moe_layer_decode(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg)
@@ -188,7 +192,9 @@ def check_layer(x, w_rs, gate_up, down, shared_down, sync, k, renorm, cfg):
     assert err <= TOL[x.dtype] * scale, f"max err {err:.3e} > {TOL[x.dtype]} * {scale:.3e}"
 
 
-LAYER_CONFIGS = {"default": LayerConfig(), "small-blocks": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2)}
+LAYER_CONFIGS = {"default": LayerConfig(), "small-blocks": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2),
+                 "small-blocks-lag2": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2, lag=2),
+                 "lag1": LayerConfig(block_out=4, lag=1), "lag0": LayerConfig(block_out=4, lag=0)}
 
 
 @INTERPRETER_ONLY
@@ -199,6 +205,47 @@ def test_one_launch_layer_interpreted(cfg, renorm, dtype, poisoned):
     """The one-launch decode layer (projection, routing, experts, shared expert): S differs from I, H and I
     are not powers of 2."""
     check_layer(*layer_inputs(16, 48, 24, 40, dtype, "cpu"), 4, renorm, cfg)
+
+
+@triton.jit
+def _items_kernel(out_ptr, N_R: tl.constexpr, N_S: tl.constexpr, N_G: tl.constexpr, N_D: tl.constexpr,
+                  TOP_K: tl.constexpr, LAG: tl.constexpr):
+    t = N_R + tl.program_id(0)
+    is_g, slot, j = decode_layer._item_of_ticket(t, N_R, N_S, N_G, N_D, TOP_K, LAG)
+    tl.store(out_ptr + 3 * tl.program_id(0), is_g.to(tl.int32))
+    tl.store(out_ptr + 3 * tl.program_id(0) + 1, slot)
+    tl.store(out_ptr + 3 * tl.program_id(0) + 2, j)
+
+
+SCHEDULES = [(16, 48, 24, 40, 4, LayerConfig(lag=1)), (16, 48, 24, 40, 4, LayerConfig(block_i=2, block_out=2, lag=2)),
+             (256, 2048, 512, 512, 8, LayerConfig()), (512, 2048, 512, 512, 10, LayerConfig(lag=10)),
+             (64, 96, 40, 24, 1, LayerConfig(block_out=32)), (16, 48, 24, 40, 4, LayerConfig(lag=0))]
+
+
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("E,H,I,S,k,cfg", SCHEDULES, ids=[f"E{e}-H{h}-I{i}-S{s}-k{k}-lag{c.lag}-out{c.block_out}"
+                                                          for e, h, i, s, k, c in SCHEDULES])
+def test_one_launch_schedule_interpreted(E, H, I, S, k, cfg):
+    """The kernel decodes each ticket into the item `ticket_items` lists (each item once), and every item comes
+    after all the items it waits for (the order's deadlock freedom): G_s after R (routing), D_s after G_s, the
+    shared expert's D after S and R."""
+    items = ticket_items(E, H, I, S, k, cfg)
+    n_r = sum(role == "R" for role, _ in items)
+    n_s = sum(role == "S" for role, _ in items)
+    n_g = sum(item == ("G", 0) for item in items)
+    n_d = sum(item == ("D", 0) for item in items)
+    out = torch.full((len(items) - n_r, 3), -1, dtype=torch.int32)
+    _items_kernel[(len(items) - n_r,)](out, N_R=n_r, N_S=n_s, N_G=n_g, N_D=n_d, TOP_K=k, LAG=min(cfg.lag, k))
+    got = [("G" if g else "D", slot) if slot < k or not g else ("S", slot) for g, slot, _ in out.tolist()]
+    assert got == items[n_r:]
+    for role, slot in set(items) - {("R", None)}:
+        pairs = out[[i - n_r for i, it in enumerate(items) if it == (role, slot)], 2]
+        assert sorted(pairs.tolist()) == list(range(n_s if role == "S" else n_g if role == "G" else n_d))
+    first = {it: items.index(it) for it in set(items)}
+    last = {it: len(items) - 1 - items[::-1].index(it) for it in set(items)}
+    for s in range(k):
+        assert last[("R", None)] < first[("G", s)] and last[("G", s)] < first[("D", s)]
+    assert last[("R", None)] < first[("D", k)] and last[("S", k)] < first[("D", k)]
 
 
 ROUTE_CASES = [(10, 1), (10, 10), (64, 8), (300, 10), (512, 10)]  # (E, top_k)
@@ -333,10 +380,11 @@ def test_gdn_moe_cuda(mode, T, E, top_k, dtype, gpu_weights, poisoned):
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("E,top_k", [(256, 8), (512, 10)], ids=["E256-k8", "E512-k10"])
 def test_one_launch_layer_cuda(E, top_k, dtype, poisoned):
-    """Qwen3.5-35B-A3B and Qwen3-Next shapes, polling with and without sleeps; every call on fresh inputs."""
-    for backoff in (False, True):
+    """Qwen3.5-35B-A3B and Qwen3-Next shapes, polling with and without sleeps, down items one slot behind the
+    gate/up ones or after all of them; every call on fresh inputs."""
+    for cfg in (LayerConfig(), LayerConfig(backoff=True), LayerConfig(lag=1)):
         for _ in range(5):
-            check_layer(*layer_inputs(E, 2048, 512, 512, dtype, "cuda"), top_k, True, LayerConfig(backoff=backoff))
+            check_layer(*layer_inputs(E, 2048, 512, 512, dtype, "cuda"), top_k, True, cfg)
 
 
 @pytest.mark.cuda

@@ -1,26 +1,30 @@
 """One-token MoE layer in one launch: the router / shared-expert projection, top-k, every expert's gate/up
-and the down projections, as roles of one grid that wait on each other through counters in `sync`.
+and the down projections, as work items of one grid that wait on each other through counters in `sync`.
 
 Three dependent launches (router, gate/up, down) each paid a ramp-up and a drain at batch 1
-(kernels/moe/NOTES.md, run 5); here a role's programs are resident and waiting when their inputs land, and
-the down programs load their weights before they wait for h.
+(kernels/moe/NOTES.md, run 5); here the items of a later stage are resident and loading their weights when
+their inputs land.
 
-Each program first takes a ticket (an atomic counter); the ticket, not the program id, names its role, so a
-program only ever waits on programs with lower tickets, which are running or done whatever order the
-hardware starts programs in. Roles, in ticket order:
-- R, cdiv(E + 1, BLOCK_R) programs: router logits and the shared gate logit, rows of W_rs rounded to x's
-  dtype (as a projection in x's dtype would); the last R program to finish routes.
+Each program first takes a ticket (an atomic counter); the ticket, not the program id, names its item, so a
+program only ever waits on items with lower tickets, which are running or done whatever order the hardware
+starts programs in. Items, in ticket order (`ticket_items` spells the order out):
+- R, cdiv(E + 1, BLOCK_R): router logits and the shared gate logit, rows of W_rs rounded to x's dtype (as a
+  projection in x's dtype would); the last R item to finish routes and publishes each slot's expert id.
 - S, cdiv(S, BLOCK_I): silu(gate_s x) * (up_s x) of the shared expert (gate_s, up_s rounded likewise).
-- G, TOP_K * cdiv(I, BLOCK_I): silu(gate_e x) * (up_e x) of each selected expert; waits for the routing.
-- D, cdiv(H, BLOCK_OUT): loads the selected experts' and the shared expert's down rows, waits for every S
-  and G program, then sum_slot w * down_e h_e + sigmoid(gate logit) * down_s h_s.
-The last program to finish sets the counters back to zero for the next call.
+- D of the shared expert, cdiv(H, BLOCK_OUT): sigmoid(gate logit) * down_s h_s for BLOCK_OUT output rows.
+- then per slot s, G_s, cdiv(I, BLOCK_I) items of silu(gate_e x) * (up_e x) for the slot's expert e, and D_s,
+  cdiv(H, BLOCK_OUT) items of w_s * down_e h_s, D_s placed LAG slots after G_s: a D item loads its down rows
+  as soon as the slot is routed and waits only for its own slot's h, so the down weights stream while later
+  slots' gate/up run, and the layer's tail is one slot's down rows, not all of them.
+Each D item stores its rows' partial sum; the last of the TOP_K + 1 partials of a row block to arrive adds
+them in slot order (deterministic) and writes the output rows. The last program to finish sets the counters
+back to zero for the next call (each row block's counter is reset by its own last arrival).
 
 W_rs [E + 2S + 1, H] = [router | shared gate | shared up | shared gate logit] (`reference.moe_shared`).
 
-Not behind the ops: on the H100 it took 35.4 us against 35.95 for the model's layer (gdn::gemv + gdn::moe_shared),
-too little for an op that takes the projection weight and a mutable `sync` buffer (kernels/moe/NOTES.md,
-session 12, with a timeline of where the time goes: `scripts/device/moe_layer_probe.py trace`).
+Not behind the ops: on the H100 it took 32.6 us against 31.2 for the model's layer (gdn::gemv + gdn::moe_shared),
+and an op would need the projection weight and a mutable `sync` buffer (kernels/moe/NOTES.md, session 13, with
+the per-item timeline of `scripts/device/moe_layer_probe.py trace`).
 """
 
 from __future__ import annotations
@@ -34,23 +38,47 @@ import triton.language as tl
 from .launch import INTERPRETED, launch, next_pow2
 from .route import pick_top_k
 
-# sync [SYNC_LEN] int32, zero between calls: five counters, each on its own 128-byte line (the ticket's and
-# the finish counter's atomics and the waiters' polling would otherwise queue behind each other)
+# sync, int32, zero between calls; one 128-byte line per counter (the ticket's and the finish counter's atomics
+# and the waiters' polling would otherwise queue behind each other): TICKET, R_DONE, FINISHED, then TOP_K + 1
+# H_DONE lines (slot TOP_K is the shared expert), a line of routed ids + 1 (0: not routed yet), then one
+# counter per D row block
 LINE_INTS = 32
-LINE, COUNTERS = tl.constexpr(LINE_INTS), tl.constexpr(5)
-TICKET, R_DONE, ROUTED, H_DONE, FINISHED = (tl.constexpr(i * LINE_INTS) for i in range(5))
-SYNC_LEN = 5 * LINE_INTS
+LINE = tl.constexpr(LINE_INTS)
+TICKET, R_DONE, FINISHED, H_DONE = (tl.constexpr(i * LINE_INTS) for i in range(4))
 
 
 @dataclass(frozen=True)
 class LayerConfig:
-    block_r: int = 2  # router rows per R program
-    block_i: int = 4  # gate/up rows per S / G program
+    block_r: int = 2  # router rows per R item
+    block_i: int = 4  # gate/up rows per S / G item
     block_h: int = 2048  # columns per unrolled step of the R / S / G mat-vecs
-    block_out: int = 4  # output rows per D program
-    tile_down: int = 16384  # at most this many down elements per D program (block_out shrinks to fit)
-    warps: int = 4  # 8: 42.8 us against 38.2 (first version, NOTES.md, session 12)
-    backoff: bool = False  # sleep between polls (GPU only): 39.1 us against 35.4 without
+    block_out: int = 16  # output rows per D item (of one slot)
+    lag: int = 8  # D_s follows G_(s + min(lag, top_k)): 8, all gate/up before any routed down, 32.6 us; 1, 35.4 us
+    warps: int = 4
+    backoff: bool = False  # sleep between polls (GPU only)
+
+
+def d_rows(cfg: LayerConfig, H: int) -> int:
+    return min(cfg.block_out, next_pow2(H))
+
+
+def sync_len(H: int, top_k: int, cfg: LayerConfig = LayerConfig()) -> int:
+    """Length of the int32 `sync` buffer for hidden size H and top_k (at most LINE_INTS) slots."""
+    return (5 + top_k) * LINE_INTS + triton.cdiv(H, d_rows(cfg, H))
+
+
+def ticket_items(E: int, H: int, I: int, S: int, top_k: int, cfg: LayerConfig = LayerConfig()) -> list[tuple]:
+    """(role, slot) of each ticket, in order: the schedule the kernel decodes from its ticket."""
+    n_g, n_d = triton.cdiv(I, min(cfg.block_i, next_pow2(max(I, S)))), triton.cdiv(H, d_rows(cfg, H))
+    items = [("R", None)] * triton.cdiv(E + 1, cfg.block_r) + [("S", top_k)] * triton.cdiv(
+        S, min(cfg.block_i, next_pow2(max(I, S)))) + [("D", top_k)] * n_d
+    lag = min(cfg.lag, top_k)
+    for s in range(top_k + lag):
+        if s < top_k:
+            items += [("G", s)] * n_g
+        if s >= lag:
+            items += [("D", s - lag)] * n_d
+    return items
 
 
 @triton.jit
@@ -61,15 +89,35 @@ def _arrive(counter_ptr):
 
 
 @triton.jit
-def _wait(counter_ptr, target, BACKOFF: tl.constexpr):
-    """Spin until the counter reaches target (volatile loads, no read-modify-write traffic; BACKOFF sleeps
-    between polls on the GPU, where the interpreter cannot run inline PTX), then acquire."""
-    while tl.load(counter_ptr, volatile=True) < target:
+def _load_acquire(ptr, ACQ_ASM: tl.constexpr):
+    """One int32 with acquire semantics: a single ld.acquire on the GPU; the interpreter has no inline PTX."""
+    if ACQ_ASM:
+        v = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+    else:
+        v = tl.atomic_add(ptr, 0, sem="acquire", scope="gpu")
+    return v
+
+
+@triton.jit
+def _wait(counter_ptr, target, BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr):
+    """Spin until the counter reaches target; -> its value. The acquiring load is the poll itself (one round
+    trip fewer than a volatile poll followed by an acquiring atomic). BACKOFF sleeps between polls."""
+    v = _load_acquire(counter_ptr, ACQ_ASM)
+    while v < target:
         if BACKOFF:
             tl.inline_asm_elementwise("nanosleep.u32 128; mov.u32 $0, $1;", "=r,r", [target], dtype=tl.int32,
                                       is_pure=False, pack=1)
-    tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
+        v = _load_acquire(counter_ptr, ACQ_ASM)
+    if not ACQ_ASM:  # one thread's atomic acquired: the others follow it past a barrier
+        tl.debug_barrier()
+    return v
+
+
+@triton.jit
+def _routed_expert(ids_ptr, slot, BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr):
+    """The expert of `slot` (int64) once the router has published it as id + 1."""
+    return (_wait(ids_ptr + slot, 1, BACKOFF, ACQ_ASM) - 1).to(tl.int64)
 
 
 @triton.jit
@@ -93,10 +141,11 @@ def _rows_dot_x(w_ptr, row_idx, row_ok, x_ptr, H: tl.constexpr, BLOCK_R: tl.cons
 
 
 @triton.jit
-def _route_role(t, x_ptr, w_rs_ptr, logits_ptr, ids_ptr, weights_ptr, sync_ptr, H: tl.constexpr, S: tl.constexpr,
+def _route_item(t, x_ptr, w_rs_ptr, logits_ptr, weights_ptr, sync_ptr, H: tl.constexpr, S: tl.constexpr,
                 E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr,
-                N_R: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
-    """R program t: BLOCK_R logits (logical row E is the shared gate logit); the last one to finish routes."""
+                N_R: tl.constexpr, IDS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    """R item t: BLOCK_R logits (logical row E is the shared gate logit); the last one to finish routes: the
+    weights first, then each slot's id + 1 with release semantics (what G and D items poll)."""
     rows = t * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
     row_ok = rows <= E
     w_rows = tl.where(rows < E, rows, E + 2 * S)
@@ -108,101 +157,150 @@ def _route_role(t, x_ptr, w_rs_ptr, logits_ptr, ids_ptr, weights_ptr, sync_ptr, 
         every = tl.load(logits_ptr + offs, mask=valid, other=float("-inf"), cache_modifier=".cg")  # [E_P2]
         ids, top = pick_top_k(every, offs, valid, E, E_P2, TOP_K, K_P2, RENORM)
         slots = tl.arange(0, K_P2)
-        tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
         tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
-        _arrive(sync_ptr + ROUTED)
+        tl.debug_barrier()
+        tl.atomic_xchg(sync_ptr + IDS + slots, ids + 1, mask=slots < TOP_K, sem="release", scope="gpu")
 
 
 @triton.jit
-def _gate_up_role(u, x_ptr, w_rs_ptr, gate_up_ptr, ids_ptr, h_ptr, sync_ptr, H: tl.constexpr, I: tl.constexpr,
-                  S: tl.constexpr, E: tl.constexpr, TOP_K: tl.constexpr, HS: tl.constexpr, N_S: tl.constexpr,
-                  BLOCK_I: tl.constexpr, BLOCK_H: tl.constexpr, BACKOFF: tl.constexpr):
-    """S / G program u: BLOCK_I rows of h = silu(gate x) * (up x), the shared expert's (h's row TOP_K) when
-    u < N_S, else of the expert in slot (u - N_S) / cdiv(I, BLOCK_I), once routed."""
-    n_ib: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I
-    if u < N_S:
-        rows = u * BLOCK_I + tl.arange(0, BLOCK_I)  # [BLOCK_I]
+def _gate_up_item(slot, ib, x_ptr, w_rs_ptr, gate_up_ptr, h_ptr, sync_ptr, H: tl.constexpr, I: tl.constexpr, S: tl.constexpr,
+                  E: tl.constexpr, TOP_K: tl.constexpr, HS: tl.constexpr, IDS: tl.constexpr, BLOCK_I: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr):
+    """S (slot == TOP_K, rows of W_rs) or G item: BLOCK_I rows ib of h[slot] = silu(gate x) * (up x)."""
+    rows = ib * BLOCK_I + tl.arange(0, BLOCK_I)  # [BLOCK_I]
+    if slot == TOP_K:
         row_ok = rows < S
         gate = _rows_dot_x(w_rs_ptr, E + rows, row_ok, x_ptr, H, BLOCK_I, BLOCK_H)
         up = _rows_dot_x(w_rs_ptr, E + S + rows, row_ok, x_ptr, H, BLOCK_I, BLOCK_H)
         # rounded to x's dtype, as the projection's output was
         gate = gate.to(x_ptr.dtype.element_ty).to(tl.float32)
         up = up.to(x_ptr.dtype.element_ty).to(tl.float32)
-        tl.store(h_ptr + TOP_K * HS + rows, gate * tl.sigmoid(gate) * up, mask=row_ok)
     else:
-        slot = (u - N_S) // n_ib
-        rows = ((u - N_S) % n_ib) * BLOCK_I + tl.arange(0, BLOCK_I)  # [BLOCK_I]
         row_ok = rows < I
-        _wait(sync_ptr + ROUTED, 1, BACKOFF)
-        e = tl.load(ids_ptr + slot, cache_modifier=".cg").to(tl.int64)
-        expert = gate_up_ptr + e * (2 * I * H)
+        expert = gate_up_ptr + _routed_expert(sync_ptr + IDS, slot, BACKOFF, ACQ_ASM) * (2 * I * H)
         gate = _rows_dot_x(expert, rows, row_ok, x_ptr, H, BLOCK_I, BLOCK_H)
         up = _rows_dot_x(expert, I + rows, row_ok, x_ptr, H, BLOCK_I, BLOCK_H)
-        tl.store(h_ptr + slot * HS + rows, gate * tl.sigmoid(gate) * up, mask=row_ok)
-    _arrive(sync_ptr + H_DONE)
+    tl.store(h_ptr + slot * HS + rows, gate * tl.sigmoid(gate) * up, mask=row_ok)
+    _arrive(sync_ptr + H_DONE + slot * LINE)
 
 
 @triton.jit
-def _down_role(v, down_ptr, shared_down_ptr, out_ptr, logits_ptr, ids_ptr, weights_ptr, h_ptr, sync_ptr,
-               H: tl.constexpr, I: tl.constexpr, S: tl.constexpr, E: tl.constexpr, TOP_K: tl.constexpr,
-               K_P2: tl.constexpr, HS: tl.constexpr, N_H: tl.constexpr, BLOCK_OUT: tl.constexpr,
-               I_P2: tl.constexpr, S_P2: tl.constexpr, BACKOFF: tl.constexpr):
-    """D program v: BLOCK_OUT output rows. Its down rows load before it waits for the N_H programs of h."""
-    rows = v * BLOCK_OUT + tl.arange(0, BLOCK_OUT)  # [BLOCK_OUT]
-    row_ok = rows < H
-    slots = tl.arange(0, K_P2)
-    slot_ok = slots < TOP_K
-    cols = tl.arange(0, I_P2)
-    s_cols = tl.arange(0, S_P2)
-    # the shared expert's rows first: they wait for nothing
-    sd = tl.load(shared_down_ptr + rows[:, None] * S + s_cols[None, :],
-                 mask=row_ok[:, None] & (s_cols < S)[None, :], other=0.0, eviction_policy="evict_first")
-    _wait(sync_ptr + ROUTED, 1, BACKOFF)
-    e = tl.load(ids_ptr + slots, mask=slot_ok, other=0, cache_modifier=".cg").to(tl.int64)  # [K_P2]
-    w = tl.load(weights_ptr + slots, mask=slot_ok, other=0.0, cache_modifier=".cg")  # [K_P2]
+def _shared_partial(rows, row_ok, shared_down_ptr, logits_ptr, h_ptr, sync_ptr, S: tl.constexpr, E: tl.constexpr,
+                    TOP_K: tl.constexpr, HS: tl.constexpr, N_R: tl.constexpr, N_S: tl.constexpr,
+                    S_P2: tl.constexpr, BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr):
+    """[BLOCK_OUT] sigmoid(gate logit) * down_s h_s; the rows load before the wait for h_s and the logit."""
+    cols = tl.arange(0, S_P2)
+    d = tl.load(shared_down_ptr + rows[:, None] * S + cols[None, :], mask=row_ok[:, None] & (cols < S)[None, :],
+                other=0.0, eviction_policy="evict_first")  # [BLOCK_OUT, S_P2]
+    _wait(sync_ptr + H_DONE + TOP_K * LINE, N_S, BACKOFF, ACQ_ASM)
+    _wait(sync_ptr + R_DONE, N_R, BACKOFF, ACQ_ASM)
+    hv = tl.load(h_ptr + TOP_K * HS + cols, mask=cols < S, other=0.0, cache_modifier=".cg")  # [S_P2]
     gate = tl.load(logits_ptr + E, cache_modifier=".cg")
-    d_ptrs = down_ptr + e[:, None, None] * (H * I) + rows[None, :, None] * I + cols[None, None, :]
-    d_ok = slot_ok[:, None, None] & row_ok[None, :, None] & (cols < I)[None, None, :]
-    d = tl.load(d_ptrs, mask=d_ok, other=0.0, eviction_policy="evict_first")  # [K_P2, BLOCK_OUT, I_P2]
-    _wait(sync_ptr + H_DONE, N_H, BACKOFF)
-    hv = tl.load(h_ptr + slots[:, None] * HS + cols[None, :], mask=slot_ok[:, None] & (cols < I)[None, :],
-                 other=0.0, cache_modifier=".cg")  # [K_P2, I_P2]
-    hs = tl.load(h_ptr + TOP_K * HS + s_cols, mask=s_cols < S, other=0.0, cache_modifier=".cg")  # [S_P2]
-    routed = tl.sum(tl.sum(d.to(tl.float32) * (hv * w[:, None])[:, None, :], 2), 0)  # [BLOCK_OUT]
-    shared = tl.sum(sd.to(tl.float32) * hs[None, :], 1)
-    tl.store(out_ptr + rows, (routed + tl.sigmoid(gate) * shared).to(out_ptr.dtype.element_ty), mask=row_ok)
+    return tl.sigmoid(gate) * tl.sum(d.to(tl.float32) * hv[None, :], 1)
+
+
+@triton.jit
+def _routed_partial(slot, rows, row_ok, down_ptr, weights_ptr, h_ptr, sync_ptr, H: tl.constexpr, I: tl.constexpr,
+                    HS: tl.constexpr, N_G: tl.constexpr, IDS: tl.constexpr, I_P2: tl.constexpr,
+                    BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr):
+    """[BLOCK_OUT] w_slot * down_e h_slot; the rows load as soon as the slot is routed, before the wait for h."""
+    e = _routed_expert(sync_ptr + IDS, slot, BACKOFF, ACQ_ASM)
+    cols = tl.arange(0, I_P2)
+    d = tl.load(down_ptr + e * (H * I) + rows[:, None] * I + cols[None, :],
+                mask=row_ok[:, None] & (cols < I)[None, :], other=0.0, eviction_policy="evict_first")
+    w = tl.load(weights_ptr + slot, cache_modifier=".cg")
+    _wait(sync_ptr + H_DONE + slot * LINE, N_G, BACKOFF, ACQ_ASM)
+    hv = tl.load(h_ptr + slot * HS + cols, mask=cols < I, other=0.0, cache_modifier=".cg")  # [I_P2]
+    return w * tl.sum(d.to(tl.float32) * hv[None, :], 1)
+
+
+@triton.jit
+def _down_item(slot, rb, down_ptr, shared_down_ptr, out_ptr, logits_ptr, weights_ptr, h_ptr, part_ptr, sync_ptr,
+               H: tl.constexpr, I: tl.constexpr, S: tl.constexpr, E: tl.constexpr, TOP_K: tl.constexpr,
+               HS: tl.constexpr, N_R: tl.constexpr, N_G: tl.constexpr, N_S: tl.constexpr, IDS: tl.constexpr,
+               RB: tl.constexpr, BLOCK_OUT: tl.constexpr, I_P2: tl.constexpr, S_P2: tl.constexpr,
+               KS_P2: tl.constexpr, BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr):
+    """D item: the partial sum of slot `slot` (TOP_K: the shared expert) for output rows rb; the row block's last
+    partial adds all TOP_K + 1 in slot order and stores the output rows."""
+    rows = rb * BLOCK_OUT + tl.arange(0, BLOCK_OUT)  # [BLOCK_OUT]
+    row_ok = rows < H
+    if slot == TOP_K:
+        p = _shared_partial(rows, row_ok, shared_down_ptr, logits_ptr, h_ptr, sync_ptr, S, E, TOP_K, HS, N_R, N_S,
+                            S_P2, BACKOFF, ACQ_ASM)
+    else:
+        p = _routed_partial(slot, rows, row_ok, down_ptr, weights_ptr, h_ptr, sync_ptr, H, I, HS, N_G, IDS, I_P2,
+                            BACKOFF, ACQ_ASM)
+    tl.store(part_ptr + slot * H + rows, p, mask=row_ok)
+    if _arrive(sync_ptr + RB + rb) == TOP_K:
+        slots = tl.arange(0, KS_P2)
+        parts = tl.load(part_ptr + slots[:, None] * H + rows[None, :], mask=(slots <= TOP_K)[:, None] & row_ok[None, :],
+                        other=0.0, cache_modifier=".cg")  # [KS_P2, BLOCK_OUT]
+        tl.store(out_ptr + rows, tl.sum(parts, 0).to(out_ptr.dtype.element_ty), mask=row_ok)
+        tl.store(sync_ptr + RB + rb, 0)
+
+
+@triton.jit
+def _item_of_ticket(t, N_R: tl.constexpr, N_S: tl.constexpr, N_G: tl.constexpr, N_D: tl.constexpr,
+                    TOP_K: tl.constexpr, LAG: tl.constexpr):
+    """A non-R ticket's (is gate/up, slot, index within the slot's items), the order of `ticket_items`."""
+    first_g: tl.constexpr = N_R + N_S + N_D
+    period: tl.constexpr = N_G + N_D
+    u = t - first_g
+    lead = u < LAG * N_G  # G of the first LAG slots
+    q = tl.maximum(u - LAG * N_G, 0)
+    r = q % period
+    g_mid = r < N_G  # G_(LAG + q // period), else D_(q // period)
+    tail = u >= TOP_K * N_G + (TOP_K - LAG) * N_D  # D of the last LAG slots
+    c = tl.maximum(u - TOP_K * N_G - (TOP_K - LAG) * N_D, 0)
+    is_g = tl.where(lead, True, tl.where(tail, False, g_mid))
+    slot = tl.where(lead, u // N_G, tl.where(tail, TOP_K - LAG + c // N_D, q // period + tl.where(g_mid, LAG, 0)))
+    j = tl.where(lead, u % N_G, tl.where(tail, c % N_D, tl.where(g_mid, r, r - N_G)))
+    pre = t < first_g  # the shared expert's S, then D items
+    is_g = tl.where(pre, t < N_R + N_S, is_g)
+    slot = tl.where(pre, TOP_K, slot)
+    j = tl.where(pre, tl.where(t < N_R + N_S, t - N_R, t - N_R - N_S), j)
+    return is_g, slot, j
 
 
 @triton.jit
 def moe_layer_decode_kernel(
     x_ptr, w_rs_ptr, gate_up_ptr, down_ptr, shared_down_ptr, out_ptr,
-    logits_ptr, ids_ptr, weights_ptr, h_ptr, sync_ptr,
+    logits_ptr, weights_ptr, h_ptr, part_ptr, sync_ptr,
     H: tl.constexpr, I: tl.constexpr, S: tl.constexpr, E: tl.constexpr, E_P2: tl.constexpr,
     TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr, HS: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_OUT: tl.constexpr,
-    I_P2: tl.constexpr, S_P2: tl.constexpr, BACKOFF: tl.constexpr, trace_ptr=None, TRACE: tl.constexpr = False,
+    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_OUT: tl.constexpr, LAG: tl.constexpr,
+    I_P2: tl.constexpr, S_P2: tl.constexpr, KS_P2: tl.constexpr, BACKOFF: tl.constexpr, ACQ_ASM: tl.constexpr,
+    trace_ptr=None,
+    TRACE: tl.constexpr = False,
 ):
     N_R: tl.constexpr = (E + 1 + BLOCK_R - 1) // BLOCK_R
     N_S: tl.constexpr = (S + BLOCK_I - 1) // BLOCK_I
-    N_H: tl.constexpr = N_S + TOP_K * ((I + BLOCK_I - 1) // BLOCK_I)
-    N_D: tl.constexpr = (H + BLOCK_OUT - 1) // BLOCK_OUT
+    N_G: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I  # G items per slot
+    N_D: tl.constexpr = (H + BLOCK_OUT - 1) // BLOCK_OUT  # D items per slot
+    IDS: tl.constexpr = (4 + TOP_K) * LINE
+    RB: tl.constexpr = (5 + TOP_K) * LINE
+    N_ALL: tl.constexpr = N_R + N_S + N_D + TOP_K * (N_G + N_D)
     t = tl.atomic_add(sync_ptr + TICKET, 1, sem="relaxed", scope="gpu")
     if TRACE:  # scripts/device/moe_layer_probe.py trace: each ticket's start and end on the global timer (ns)
         tl.store(trace_ptr + 2 * t, _now(t))
     if t < N_R:
-        _route_role(t, x_ptr, w_rs_ptr, logits_ptr, ids_ptr, weights_ptr, sync_ptr, H, S, E, E_P2, TOP_K, K_P2,
-                    RENORM, N_R, BLOCK_R, BLOCK_H)
-    elif t < N_R + N_H:
-        _gate_up_role(t - N_R, x_ptr, w_rs_ptr, gate_up_ptr, ids_ptr, h_ptr, sync_ptr, H, I, S, E, TOP_K, HS, N_S,
-                      BLOCK_I, BLOCK_H, BACKOFF)
+        _route_item(t, x_ptr, w_rs_ptr, logits_ptr, weights_ptr, sync_ptr, H, S, E, E_P2, TOP_K, K_P2, RENORM, N_R,
+                    IDS, BLOCK_R, BLOCK_H)
     else:
-        _down_role(t - N_R - N_H, down_ptr, shared_down_ptr, out_ptr, logits_ptr, ids_ptr, weights_ptr, h_ptr,
-                   sync_ptr, H, I, S, E, TOP_K, K_P2, HS, N_H, BLOCK_OUT, I_P2, S_P2, BACKOFF)
+        is_g, slot, j = _item_of_ticket(t, N_R, N_S, N_G, N_D, TOP_K, LAG)
+        if is_g:
+            _gate_up_item(slot, j, x_ptr, w_rs_ptr, gate_up_ptr, h_ptr, sync_ptr, H, I, S, E, TOP_K, HS, IDS,
+                          BLOCK_I, BLOCK_H, BACKOFF, ACQ_ASM)
+        else:
+            _down_item(slot, j, down_ptr, shared_down_ptr, out_ptr, logits_ptr, weights_ptr, h_ptr, part_ptr,
+                       sync_ptr, H, I, S, E, TOP_K, HS, N_R, N_G, N_S, IDS, RB, BLOCK_OUT, I_P2, S_P2, KS_P2,
+                       BACKOFF, ACQ_ASM)
     if TRACE:
         tl.store(trace_ptr + 2 * t + 1, _now(t))
-    if _arrive(sync_ptr + FINISHED) == N_R + N_H + N_D - 1:
-        every = tl.arange(0, 8)
-        tl.store(sync_ptr + every * LINE, tl.zeros([8], dtype=tl.int32), mask=every < COUNTERS)
+    if _arrive(sync_ptr + FINISHED) == N_ALL - 1:
+        lines = tl.arange(0, 64)
+        tl.store(sync_ptr + lines * LINE, tl.zeros([64], dtype=tl.int32), mask=lines < 4 + TOP_K)
+        tl.store(sync_ptr + IDS + tl.arange(0, LINE), tl.zeros([LINE], dtype=tl.int32))
 
 
 def moe_layer_decode(
@@ -217,29 +315,28 @@ def moe_layer_decode(
     cfg: LayerConfig = LayerConfig(),
     trace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x [1, H]; w_rs [E + 2S + 1, H]; gate_up [E, 2I, H]; down [E, H, I]; shared_down [H, S]; sync [SYNC_LEN]
-    int32, zero (and zero again when the kernel ends) -> [1, H] in x's dtype. trace: [2 * programs] int64 for
-    each ticket's start and end times (GPU only)."""
+    """x [1, H]; w_rs [E + 2S + 1, H]; gate_up [E, 2I, H]; down [E, H, I]; shared_down [H, S]; sync
+    [>= sync_len(H, top_k, cfg)] int32, zero (and zero again when the kernel ends) -> [1, H] in x's dtype.
+    trace: [2 * len(ticket_items(...))] int64 for each ticket's start and end times (GPU only)."""
     E, I2, H = gate_up.shape
     I, S = I2 // 2, shared_down.shape[1]
-    k_p2, i_p2 = next_pow2(top_k), next_pow2(I)
+    if cfg.lag < 0 or top_k > LINE_INTS or sync.numel() < sync_len(H, top_k, cfg):
+        raise ValueError(f"need lag >= 0 (got {cfg.lag}), top_k <= {LINE_INTS} (got {top_k}) and sync of "
+                         f"{sync_len(H, top_k, cfg)} int32, got {sync.numel()}")
     HS = max(I, S)
     dev = x.device
     logits = torch.empty((E + 1,), device=dev, dtype=torch.float32)
-    ids = torch.empty((top_k,), device=dev, dtype=torch.int32)
     weights = torch.empty((top_k,), device=dev, dtype=torch.float32)
     h = torch.empty((top_k + 1, HS), device=dev, dtype=torch.float32)
+    part = torch.empty((top_k + 1, H), device=dev, dtype=torch.float32)
     out = torch.empty_like(x)
-    block_i = min(cfg.block_i, next_pow2(max(I, S)))
-    block_out = max(1, min(cfg.block_out, next_pow2(H), cfg.tile_down // (k_p2 * i_p2)))
-    block_out = 1 << (block_out.bit_length() - 1)
-    grid = (triton.cdiv(E + 1, cfg.block_r) + triton.cdiv(S, block_i) + top_k * triton.cdiv(I, block_i)
-            + triton.cdiv(H, block_out),)
+    block_i = min(cfg.block_i, next_pow2(HS))
+    grid = (len(ticket_items(E, H, I, S, top_k, cfg)),)
     launch(moe_layer_decode_kernel)[grid](
-        x.contiguous(), w_rs, gate_up, down, shared_down, out, logits, ids, weights, h, sync,
-        H=H, I=I, S=S, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=k_p2, RENORM=renormalize, HS=HS,
-        BLOCK_R=cfg.block_r, BLOCK_I=block_i, BLOCK_H=min(cfg.block_h, next_pow2(H)), BLOCK_OUT=block_out,
-        I_P2=i_p2, S_P2=next_pow2(S), BACKOFF=cfg.backoff and not INTERPRETED, trace_ptr=trace,
-        TRACE=trace is not None, num_warps=cfg.warps,
+        x.contiguous(), w_rs, gate_up, down, shared_down, out, logits, weights, h, part, sync,
+        H=H, I=I, S=S, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, HS=HS,
+        BLOCK_R=cfg.block_r, BLOCK_I=block_i, BLOCK_H=min(cfg.block_h, next_pow2(H)), BLOCK_OUT=d_rows(cfg, H),
+        LAG=min(cfg.lag, top_k), I_P2=next_pow2(I), S_P2=next_pow2(S), KS_P2=next_pow2(top_k + 1), BACKOFF=cfg.backoff and not INTERPRETED,
+        ACQ_ASM=not INTERPRETED, trace_ptr=trace, TRACE=trace is not None, num_warps=cfg.warps,
     )
     return out

@@ -6,9 +6,13 @@ bench: graphed, L2 flushed, medians (scripts/bench_moe.py's timing): the layer a
 gdn::gemv projection, then the router, gate/up and down kernels), the one-launch layer over a block sweep,
 and the router kernel alone by top-k method.
 
-trace: per role, when its programs start and end inside one call.
+trace: per item group, when its programs start and end inside one call.
+chained: per layer when CHAIN layers with their own weights run in one graph, against one layer per graph, and
+the launch cost of an almost empty graph.
+flush: the same calls after each way of flushing L2 (bench_moe.FLUSH_MODE).
+variants: the model's layer under other decode kernel configs.
 
-    python scripts/device/moe_layer_probe.py check|bench|trace
+    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants ...
 """
 
 from __future__ import annotations
@@ -24,19 +28,24 @@ from gdn.kernels.gemv.triton_gemv import gemv  # noqa: E402
 from gdn.kernels.moe import op, reference  # noqa: E402
 from gdn.kernels.moe.decode import DecodeConfig, decode_route  # noqa: E402
 from gdn.kernels.moe.route import PICKS  # noqa: E402
-from gdn.kernels.moe.decode_layer import SYNC_LEN, LayerConfig, moe_layer_decode  # noqa: E402
+from gdn.kernels.moe.decode_layer import LayerConfig, moe_layer_decode, sync_len, ticket_items  # noqa: E402
 
 SWEEP = [LayerConfig()] + [
     replace(LayerConfig(), **kw)
-    for kw in (dict(backoff=True), dict(block_i=2), dict(block_i=8), dict(block_out=8, tile_down=32768),
-               dict(warps=8), dict(block_r=4), dict(block_i=8, block_out=8, tile_down=32768))
+    for kw in (dict(backoff=True), dict(lag=0), dict(lag=1), dict(lag=2), dict(block_out=8), dict(block_out=32),
+               dict(block_i=8), dict(block_i=2), dict(warps=8), dict(block_r=4))
 ]
+CHAIN = 4  # layers per graph in the chained timing, each with its own weights
+
+
+def zeroed_sync(cfg: LayerConfig) -> torch.Tensor:
+    return torch.zeros(sync_len(bm.H, bm.K, cfg), dtype=torch.int32, device="cuda")
 
 
 def check(w, trials: int = 20) -> None:
     gate_up, down, w_rs, shared_down = w
-    sync = torch.zeros(SYNC_LEN, dtype=torch.int32, device="cuda")
-    for cfg in (LayerConfig(), SWEEP[1], SWEEP[5]):
+    for cfg in (LayerConfig(), SWEEP[1], SWEEP[2], SWEEP[4], SWEEP[9]):
+        sync = zeroed_sync(cfg)
         worst, worst_ref = 0.0, 0.0
         for _ in range(trials):
             x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
@@ -71,10 +80,9 @@ def bench(w) -> None:
          lambda: op.moe_shared_triton(d.x, gemv(d.x, w_rs, "none"), gate_up, down, shared_down, bm.K, True))
     show("bench_moe layer (cuBLAS projection) + router + k1 + k2", d.layer(DecodeConfig()))
     show("same, router pick argmax (the op's until session 12)", d.layer(DecodeConfig(pick="argmax")))
-    sync = torch.zeros(SYNC_LEN, dtype=torch.int32, device="cuda")
     for cfg in SWEEP:
-        show(f"one launch {cfg}", lambda cfg=cfg: moe_layer_decode(d.x, w_rs, gate_up, down, shared_down, sync,
-                                                                    bm.K, True, cfg))
+        show(f"one launch {cfg}", lambda cfg=cfg, sync=zeroed_sync(cfg): moe_layer_decode(
+            d.x, w_rs, gate_up, down, shared_down, sync, bm.K, True, cfg))
     ids = torch.empty(bm.K, dtype=torch.int32, device="cuda")
     wts = torch.empty(bm.K, dtype=torch.float32, device="cuda")
     for pick in PICKS:
@@ -85,30 +93,113 @@ def bench(w) -> None:
 
 
 def trace(w) -> None:
-    """Where the time goes inside one call: per role, when its programs start and end (global timer, ns from
-    the first start), from one replay of a graphed call after a flush."""
+    """Where the time goes inside one call: per item group, when its programs start and end (global timer, ns
+    from the first start), from the last of three calls, each after a flush."""
     gate_up, down, w_rs, shared_down = w
     x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
-    sync = torch.zeros(SYNC_LEN, dtype=torch.int32, device="cuda")
-    for cfg in (LayerConfig(), LayerConfig(backoff=True)):
-        n_r, n_s = -(-(bm.E + 1) // cfg.block_r), -(-bm.S // cfg.block_i)
-        n_g, n_d = bm.K * -(-bm.I // cfg.block_i), -(-bm.H // cfg.block_out)
-        buf = torch.zeros(2 * (n_r + n_s + n_g + n_d), dtype=torch.int64, device="cuda")
+    for cfg in (LayerConfig(), LayerConfig(lag=1)):
+        sync = zeroed_sync(cfg)
+        items = ticket_items(bm.E, bm.H, bm.I, bm.S, bm.K, cfg)
+        buf = torch.zeros(2 * len(items), dtype=torch.int64, device="cuda")
         for _ in range(3):
             bm.flush_l2()
             moe_layer_decode(x, w_rs, gate_up, down, shared_down, sync, bm.K, True, cfg, trace=buf)
         torch.cuda.synchronize()
         t = buf.view(-1, 2).cpu()
-        t = t - t[:, 0].min()
-        print(f"trace {cfg}: kernel span {t.max().item() / 1e3:.2f} us", flush=True)
-        lo = 0
-        for name, n in (("R", n_r), ("S", n_s), ("G", n_g), ("D", n_d)):
-            r = t[lo:lo + n].double() / 1e3
-            lo += n
-            q = lambda v, f: torch.quantile(v, f).item()
-            print(f"  {name} x{n}: start {r[:, 0].min():.2f}..{q(r[:, 0], .5):.2f}..{r[:, 0].max():.2f} us, "
+        t = (t - t[:, 0].min()).double() / 1e3
+        print(f"trace {cfg}: kernel span {t.max().item():.2f} us", flush=True)
+        groups = {}
+        for i, (role, slot) in enumerate(items):
+            groups.setdefault(f"{role}{'' if slot is None else slot}", []).append(i)
+        q = lambda v, f: torch.quantile(v, f).item()
+        for name, idx in groups.items():
+            r = t[idx]
+            print(f"  {name} x{len(idx)}: start {r[:, 0].min():.2f}..{q(r[:, 0], .5):.2f}..{r[:, 0].max():.2f} us, "
                   f"end {r[:, 1].min():.2f}..{q(r[:, 1], .5):.2f}..{r[:, 1].max():.2f} us, "
                   f"median duration {q(r[:, 1] - r[:, 0], .5):.2f} us", flush=True)
+
+
+def chained(w) -> None:
+    """Per layer in a graph of CHAIN layers, each with its own weights and fed the previous layer's output, as
+    in a model's decode step (one graph launch for all of them), against one layer per graph; and an
+    almost empty graph's time, the launch cost inside every single-layer number."""
+    bw = bm.copy_bandwidth()
+    nbytes = bm.layer_bytes()[0]
+    sets = [w] + [bm.weights() for _ in range(CHAIN - 1)]
+    x0 = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
+    tiny = torch.zeros(1, device="cuda")
+    print(f"copy {bw / 1e9:.0f} GB/s; almost empty graph (one 1-element add): "
+          f"{bm.timed(lambda: tiny.add_(1), eager=False).graph_us:.2f} us", flush=True)
+
+    def model_layer(x, ws):
+        gate_up, down, w_rs, shared_down = ws
+        return op.moe_shared_triton(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True)
+
+    def one_launch(cfg):
+        syncs = [zeroed_sync(cfg) for _ in sets]
+
+        def layer(x, ws, sync):
+            gate_up, down, w_rs, shared_down = ws
+            return moe_layer_decode(x, w_rs, gate_up, down, shared_down, sync, bm.K, True, cfg)
+        return layer, syncs
+
+    runs = [("the model's layer (gdn::gemv + gdn::moe_shared)", model_layer, None)]
+    for cfg in (LayerConfig(), LayerConfig(lag=1), LayerConfig(block_out=32)):
+        layer, syncs = one_launch(cfg)
+        runs.append((f"one launch {cfg}", layer, syncs))
+    for name, layer, syncs in runs:
+        def chain(n, layer=layer, syncs=syncs):
+            x = x0
+            for i in range(n):
+                x = layer(x, sets[i]) if syncs is None else layer(x, sets[i], syncs[i])
+            return x
+        one = bm.timed(lambda: chain(1), eager=False).graph_us
+        per = bm.timed(lambda: chain(CHAIN), eager=False).graph_us / CHAIN
+        pct = lambda us: 100 * nbytes / us / 1e3 / (bw / 1e9)
+        print(f"{name}: one per graph {one:.2f} us ({pct(one):.1f}% of copy); {CHAIN} chained {per:.2f} us per layer "
+              f"({pct(per):.1f}%)", flush=True)
+
+
+def flush(w) -> None:
+    """The same calls timed after each way of flushing L2: zeroing 256 MB (dirty lines left), reading them
+    (clean lines), and no flush (a warm-L2 control the read flush must stay well above)."""
+    gate_up, down, w_rs, shared_down = w
+    d = bm.Decode(w)
+    nbytes = bm.layer_bytes()[0]
+    calls = [("the model's layer", lambda: op.moe_shared_triton(d.x, gemv(d.x, w_rs, "none"), gate_up, down,
+                                                                shared_down, bm.K, True)),
+             ("kernel 1 alone (router + gate/up)", d.kernel1(DecodeConfig())),
+             ("kernel 2 alone (down + shared)", d.kernel2(DecodeConfig(), True))]
+    for cfg in (LayerConfig(), LayerConfig(lag=1)):
+        calls.append((f"one launch {cfg}", lambda cfg=cfg, sync=zeroed_sync(cfg): moe_layer_decode(
+            d.x, w_rs, gate_up, down, shared_down, sync, bm.K, True, cfg)))
+    for name, fn in calls:
+        cells = []
+        for mode in ("write", "read", "none"):
+            bm.FLUSH_MODE = mode
+            cells.append(f"{mode} {bm.timed(fn, eager=False).graph_us:.2f}")
+        print(f"{name}: us after flush by {', '.join(cells)} (layer bytes {nbytes / 1e6:.1f} MB)", flush=True)
+    bm.FLUSH_MODE = "read"
+
+
+VARIANTS = [DecodeConfig()] + [replace(DecodeConfig(), **kw) for kw in (
+    dict(router="inline"), dict(router="inline", block_i=4), dict(router="inline", block_i=4, warps_gate_up=4),
+    dict(router="inline", warps_gate_up=4), dict(warps_down=4), dict(block_out=2, tile_down=8192),
+    dict(block_out=8, tile_down=32768), dict(tile_down=8192))]
+
+
+def variants(w) -> None:
+    """The model's layer (gdn::gemv projection + the decode kernels) under other DecodeConfigs: routing inside
+    every kernel-1 program with the bitonic top-k (no router launch), kernel 2's blocks and warps."""
+    gate_up, down, w_rs, shared_down = w
+    d = bm.Decode(w)
+    bw = bm.copy_bandwidth()
+    nbytes = bm.layer_bytes()[0]
+    for cfg in VARIANTS:
+        us = bm.timed(lambda cfg=cfg: op.moe_shared_triton(d.x, gemv(d.x, w_rs, "none"), gate_up, down, shared_down,
+                                                           bm.K, True, decode_cfg=cfg), eager=False).graph_us
+        print(f"model's layer with {cfg}: {us:.2f} us, {100 * nbytes / us / 1e3 / (bw / 1e9):.1f}% of copy",
+              flush=True)
 
 
 def main() -> None:
@@ -116,7 +207,9 @@ def main() -> None:
     torch.manual_seed(0)
     w = bm.weights()
     print(torch.cuda.get_device_name(0), flush=True)
-    {"check": check, "bench": bench, "trace": trace}[sys.argv[1]](w)
+    for mode in sys.argv[1:]:
+        {"check": check, "bench": bench, "trace": trace, "chained": chained, "flush": flush,
+         "variants": variants}[mode](w)
 
 
 if __name__ == "__main__":
