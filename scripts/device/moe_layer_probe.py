@@ -11,8 +11,9 @@ chained: per layer when CHAIN layers with their own weights run in one graph, ag
 the launch cost of an almost empty graph.
 flush: the same calls after each way of flushing L2 (bench_moe.FLUSH_MODE).
 variants: the model's layer under other decode kernel configs.
+projection: the model's layer under other blocks of its gdn::gemv projection.
 
-    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants ...
+    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants|projection ...
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 sys.path.insert(0, "scripts")
 import bench_moe as bm  # noqa: E402
-from gdn.kernels.gemv.triton_gemv import gemv  # noqa: E402
+from gdn.kernels.gemv.triton_gemv import GemvConfig, gemv  # noqa: E402
 from gdn.kernels.moe import op, reference  # noqa: E402
 from gdn.kernels.moe.decode import DecodeConfig, decode_route  # noqa: E402
 from gdn.kernels.moe.route import PICKS  # noqa: E402
@@ -202,6 +203,25 @@ def variants(w) -> None:
               flush=True)
 
 
+PROJECTIONS = [GemvConfig(4, 1024, 4), GemvConfig(2, 1024, 4), GemvConfig(2, 2048, 4), GemvConfig(1, 2048, 4),
+               GemvConfig(2, 1024, 2), GemvConfig(1, 1024, 2), GemvConfig(4, 2048, 8), GemvConfig(2, 512, 4)]
+
+
+def projection(w) -> None:
+    """The model's layer with the router / shared projection (gdn::gemv, 1281 rows x 2048) in other blocks:
+    its 4-row default gives 321 programs, under three per SM."""
+    gate_up, down, w_rs, shared_down = w
+    d = bm.Decode(w)
+    bw = bm.copy_bandwidth()
+    nbytes = bm.layer_bytes()[0]
+    for cfg in PROJECTIONS:
+        us = bm.timed(lambda cfg=cfg: op.moe_shared_triton(d.x, gemv(d.x, w_rs, "none", cfg), gate_up, down,
+                                                           shared_down, bm.K, True), eager=False).graph_us
+        alone = bm.timed(lambda cfg=cfg: gemv(d.x, w_rs, "none", cfg), eager=False).graph_us
+        print(f"projection {cfg}: layer {us:.2f} us ({100 * nbytes / us / 1e3 / (bw / 1e9):.1f}% of copy), "
+              f"projection alone {alone:.2f} us", flush=True)
+
+
 def main() -> None:
     bm.FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     torch.manual_seed(0)
@@ -209,7 +229,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), flush=True)
     for mode in sys.argv[1:]:
         {"check": check, "bench": bench, "trace": trace, "chained": chained, "flush": flush,
-         "variants": variants}[mode](w)
+         "variants": variants, "projection": projection}[mode](w)
 
 
 if __name__ == "__main__":
