@@ -23,7 +23,8 @@ from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_rout
 from gdn.kernels.moe import decode_layer
 from gdn.kernels.moe.decode_layer import LayerConfig, moe_layer_decode, sync_len, ticket_items
 from gdn.kernels.moe.prefill import PrefillConfig, group_by_expert, moe_prefill
-from gdn.kernels.moe.route import PICKS
+from gdn.kernels.moe.launch import next_pow2
+from gdn.kernels.moe.route import PICKS, route_kernel
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -277,18 +278,55 @@ def test_packed_top_k_equals_argmax_rounds_interpreted(E, top_k, mode, renorm, p
     torch.testing.assert_close(got["packed"][1].double(), want_w[0], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["random", "ties"])
+@pytest.mark.parametrize("E,top_k", [(256, 8), (512, 10)], ids=["E256-k8", "E512-k10"])
+def test_top_k_methods_agree_cuda(E, top_k, mode, poisoned):
+    """On the GPU too, over 4096 tokens of bf16 logits (the prefill router's grid): the three top-k methods give
+    the float64 reference's ids in its slot order; "packed" the same weights as "argmax" bit for bit, "topk"
+    within 2 float32 ulps (its renormalising sum over the slots reduces in another order after `tl.topk`; the
+    H100 showed last-bit differences, where the interpreter adds in one order)."""
+    T = 4096
+    logits = make_logits(T, E, mode, torch.bfloat16, "cuda")
+    got = {}
+    for pick in PICKS:
+        ids = torch.empty(T, top_k, dtype=torch.int32, device="cuda")
+        weights = torch.empty(T, top_k, dtype=torch.float32, device="cuda")
+        torch.library.wrap_triton(route_kernel)[(T,)](
+            logits, logits.stride(0), logits.stride(1), ids, weights, E=E, E_P2=next_pow2(E), TOP_K=top_k,
+            K_P2=next_pow2(top_k), RENORM=True, PICK=PICKS.index(pick), num_warps=4)
+        got[pick] = ids.cpu(), weights.cpu()
+    want_ids = reference.route_stable(logits.double().cpu(), top_k, True)[1]
+    for pick, (ids, weights) in got.items():
+        rows = (ids != want_ids).any(1)
+        same_sets = torch.equal(ids.sort(1).values, want_ids.sort(1).values.to(ids.dtype))
+        assert not rows.any(), f"{pick}: {rows.sum().item()} of {T} rows differ (same sets: {same_sets})"
+        if pick == "topk":
+            torch.testing.assert_close(weights, got["argmax"][1], rtol=4.8e-7, atol=0)
+        else:
+            assert torch.equal(weights, got["argmax"][1]), pick
+
+
 PREFILL_CONFIGS = {
     "argmax-blocks-first": PrefillConfig(pick="argmax", n_first=False),
     "n-first-bm16": PrefillConfig(block_m=16, block_n=16, block_k=16, down_block_n=16),
+    "half-tail": PrefillConfig(half_tail=True),
+    "topk-half-tail-bm32": PrefillConfig(pick="topk", block_m=32, block_n=16, block_k=16, down_block_n=16, half_tail=True),
 }
 
 
+PREFILL_SHAPES = {"T65-E8-k2": (65, 8, 2, 48, 20), "T7-E64-k8": (7, 64, 8, 64, 32)}  # (T, E, top_k, H, I)
+PREFILL_CASES = [(m, s) for s in PREFILL_SHAPES for m in ("random", "ties", "cold")] + [("hot", "T65-E8-k2")]
+
+
 @INTERPRETER_ONLY
-@pytest.mark.parametrize("mode", ["random", "ties", "cold"])
-@pytest.mark.parametrize("T,E,top_k,H,I", [(65, 8, 2, 48, 20), (7, 64, 8, 64, 32)], ids=["T65-E8-k2", "T7-E64-k8"])
+@pytest.mark.parametrize("mode,shape", PREFILL_CASES, ids=[f"{s}-{m}" for m, s in PREFILL_CASES])
 @pytest.mark.parametrize("cfg", PREFILL_CONFIGS.values(), ids=PREFILL_CONFIGS.keys())
-def test_prefill_configs_interpreted(cfg, T, E, top_k, H, I, mode, poisoned):
-    """The prefill's other router methods and grid orders (the default runs in test_triton_moe_interpreted)."""
+def test_prefill_configs_interpreted(cfg, shape, mode, poisoned):
+    """The prefill's other router methods, grid orders and half tail blocks (the default runs in
+    test_triton_moe_interpreted). T65-E8-k2 at BLOCK_M 32 gives experts of half blocks only, of full ones,
+    and of full ones then a half one; "hot" puts 65 pairs on one expert, just above half of BLOCK_M 128."""
+    T, E, top_k, H, I = PREFILL_SHAPES[shape]
     x = torch.randn(T, H)
     logits = make_logits(T, E, mode, torch.float32, "cpu")
     gate_up, down = make_weights(E, H, I, torch.float32, "cpu")
@@ -297,24 +335,65 @@ def test_prefill_configs_interpreted(cfg, T, E, top_k, H, I, mode, poisoned):
     check(got, x, logits, gate_up, down, top_k, renorm, mode)
 
 
+@INTERPRETER_ONLY
+@pytest.mark.parametrize("mode", ["random", "hot", "cold"])
+@pytest.mark.parametrize("cfg", [c for c in PREFILL_CONFIGS.values() if c.half_tail],
+                         ids=[n for n, c in PREFILL_CONFIGS.items() if c.half_tail])
+def test_prefill_blocks_in_reverse_order_interpreted(cfg, mode, monkeypatch, poisoned):
+    """The interpreter runs the blocks in row order, so a tile that ran past its block's rows would be
+    overwritten by the next block's: with the blocks reversed it would overwrite finished rows instead."""
+    def reversed_blocks(*args):
+        pairs, *blocks = group_by_expert(*args)
+        return pairs, *(b.flip(0) for b in blocks)
+
+    monkeypatch.setattr("gdn.kernels.moe.prefill.group_by_expert", reversed_blocks)
+    T, E, top_k, H, I = PREFILL_SHAPES["T65-E8-k2"]
+    x = torch.randn(T, H)
+    logits = make_logits(T, E, mode, torch.float32, "cpu")
+    gate_up, down = make_weights(E, H, I, torch.float32, "cpu")
+    got = moe_prefill(x, logits, gate_up, down, top_k, True, cfg=cfg)
+    check(got, x, logits, gate_up, down, top_k, True, mode)
+
+
+def test_half_tail_needs_a_16_row_half_block():
+    with pytest.raises(ValueError, match="half_tail"):
+        PrefillConfig(block_m=16, half_tail=True)
+
+
 GROUP_CASES = [(1, 8, 2, 16), (9, 6, 2, 4), (65, 64, 8, 16), (63, 512, 10, 128), (333, 16, 4, 128)]
+HALF_TAIL = pytest.mark.parametrize("half_tail", [False, True], ids=["bm-padded", "half-tail"])
 
 
-def _check_grouping(ids: torch.Tensor, E: int, bm: int) -> None:
-    """The kernels' layout equals the reference's: the same block owners, the same padding rows, and each
-    expert's segment holds the same pairs. Within a segment the order is the atomics' arrival order, so an
-    expert spanning several blocks may split its pairs over them differently: compare per segment."""
-    pairs, block_expert = group_by_expert(ids, E, bm)
-    want_pairs, want_blocks = reference.group_by_expert(ids, E, bm)
-    assert torch.equal(block_expert.cpu(), want_blocks.cpu())
+def _check_grouping(ids: torch.Tensor, E: int, bm: int, half_tail: bool) -> None:
+    """The kernels' layout equals the reference's: the same block owners, first rows and half flags, the same
+    padding rows, and each expert's segment holds the same pairs. Within a segment the order is the atomics'
+    arrival order, so an expert spanning several blocks may split its pairs over them differently: compare per
+    segment. And the spec itself: cdiv(count, bm) blocks per expert, the last one half where half_tail and
+    0 < count % bm <= bm / 2, every pair in a row of a block of its own expert."""
+    pairs, block_expert, block_start, block_half = group_by_expert(ids, E, bm, half_tail)
+    want_pairs, *want_blocks = reference.group_by_expert(ids, E, bm, half_tail)
+    for name, got_b, want_b in zip(("owners", "first rows", "half flags"), (block_expert, block_start, block_half),
+                                   want_blocks):
+        assert torch.equal(got_b.cpu(), want_b.cpu()), f"block {name} differ"
     num_pairs = ids.numel()
     got, want = pairs.cpu().long(), want_pairs.cpu().long()
     assert torch.equal(got < num_pairs, want < num_pairs), "padding rows differ"
-    owner = want_blocks.cpu().long().repeat_interleave(bm)  # [rows] expert of each row
+    expert, start, half = (t.cpu().long() for t in want_blocks)
+    used = expert < E
+    r = torch.arange(bm)
+    in_block = used[:, None] & (r[None, :] < torch.where(half == 1, bm // 2, bm)[:, None])  # [n_blocks, bm]
+    owner = torch.full_like(got, E)  # [rows] expert of each row, E outside every block
+    owner[(start[:, None] + r[None, :])[in_block]] = expert[:, None].expand(-1, bm)[in_block]
     key = owner * (num_pairs + 1)
     assert torch.equal((key + got).sort().values, (key + want).sort().values), "a segment holds other pairs"
     real = got[got < num_pairs]
     assert sorted(real.tolist()) == list(range(num_pairs))
+    flat = ids.cpu().reshape(-1).long()
+    assert torch.equal(owner[got < num_pairs], flat[real]), "a pair lies outside its expert's blocks"
+    counts = torch.bincount(flat, minlength=E)
+    assert torch.equal(torch.bincount(expert[used], minlength=E), (counts + bm - 1) // bm)
+    rem = counts % bm
+    assert torch.equal(torch.bincount(expert[half == 1], minlength=E), ((rem > 0) & (rem <= bm // 2) & half_tail).long())
 
 
 def _routes(T: int, E: int, k: int, device: str) -> torch.Tensor:
@@ -326,16 +405,59 @@ def _routes(T: int, E: int, k: int, device: str) -> torch.Tensor:
     return ids
 
 
+def _counted_routes(counts: list[int], k: int) -> torch.Tensor:
+    """[T, k] ids in random order, counts[e] pairs on expert e (the last one takes the few that fill T * k)."""
+    counts = counts[:-1] + [counts[-1] + -sum(counts) % k]
+    flat = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    return flat[torch.randperm(flat.numel())].reshape(-1, k).int()
+
+
+def _boundary_counts(bm: int) -> list[int]:
+    """Experts with no pair, and counts just below, at and above bm / 2, bm, 3 bm / 2 and 2 bm."""
+    h = bm // 2
+    return [0, 1] + [c + d for c in (h, bm, bm + h, 2 * bm) for d in (-1, 0, 1)] + [0, 3]
+
+
+BOUNDARY_CASES = [(4, 1), (16, 2), (32, 8), (128, 8)]  # (bm, k)
+
+
 @pytest.mark.interpret
+@HALF_TAIL
 @pytest.mark.parametrize("T,E,k,bm", GROUP_CASES, ids=[f"T{t}-E{e}-k{k}-bm{b}" for t, e, k, b in GROUP_CASES])
-def test_group_by_expert_kernels_match_the_reference_interpreted(T, E, k, bm):
-    _check_grouping(_routes(T, E, k, "cpu"), E, bm)
+def test_group_by_expert_kernels_match_the_reference_interpreted(T, E, k, bm, half_tail, poisoned):
+    _check_grouping(_routes(T, E, k, "cpu"), E, bm, half_tail)
+
+
+@pytest.mark.interpret
+@HALF_TAIL
+@pytest.mark.parametrize("bm,k", BOUNDARY_CASES, ids=[f"bm{b}-k{k}" for b, k in BOUNDARY_CASES])
+def test_group_by_expert_boundary_counts_interpreted(bm, k, half_tail, poisoned):
+    """Counts around the multiples of bm / 2 and bm, empty experts; then one expert with every pair."""
+    counts = _boundary_counts(bm)
+    _check_grouping(_counted_routes(counts, k), len(counts), bm, half_tail)
+    _check_grouping(torch.full((3 * bm // k + 1, k), 5, dtype=torch.int32), 9, bm, half_tail)
 
 
 @pytest.mark.cuda
+@HALF_TAIL
 @pytest.mark.parametrize("T,E,k", [(1, 256, 8), (4096, 256, 8), (8192, 512, 10)], ids=["T1-E256-k8", "T4096-E256-k8", "T8192-E512-k10"])
-def test_group_by_expert_kernels_match_the_reference_cuda(T, E, k):
-    _check_grouping(_routes(T, E, k, "cuda"), E, 128)
+def test_group_by_expert_kernels_match_the_reference_cuda(T, E, k, half_tail, poisoned):
+    _check_grouping(_routes(T, E, k, "cuda"), E, 128, half_tail)
+    counts = _boundary_counts(128) * 16
+    _check_grouping(_counted_routes(counts, k).cuda(), len(counts), 128, half_tail)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("mode,T", [("random", 333), ("random", 8192), ("hot", 4096)], ids=["random-T333", "random-T8192", "hot-T4096"])
+def test_prefill_half_tail_cuda(mode, T, dtype, gpu_weights, poisoned):
+    """Half tail blocks at the Qwen3.5-35B-A3B shapes (E 256, top-8): at T = 8192 about half the experts end
+    in a half block."""
+    gate_up, down = gpu_weights(256, dtype)
+    x = torch.randn(T, 2048, device="cuda").to(dtype)
+    logits = make_logits(T, 256, mode, dtype, "cuda")
+    got = moe_prefill(x, logits, gate_up, down, 8, True, cfg=PrefillConfig(half_tail=True))
+    check(got, x, logits, gate_up, down, 8, True, mode)
 
 
 def test_cpu_op_is_the_reference():

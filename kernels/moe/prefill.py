@@ -1,9 +1,11 @@
 """T-token MoE: route on the device, group (token, slot) pairs by expert into BLOCK_M-padded segments
 (a counting sort in three small kernels), run a tensor-core grouped GEMM per segment, scatter back with
-the routing weights, sum over the slots.
+the routing weights, sum over the slots. With `PrefillConfig.half_tail` a segment is padded to BLOCK_M // 2
+and an expert's last block, where its remainder fits, is a half block that runs a BLOCK_M // 2-row tile.
 
-Every shape is a function of T alone: the number of blocks is bounded by cdiv(T * k, BLOCK_M) + E and
-blocks past the used ones exit at once, so there is no host sync and nothing data-dependent escapes.
+Every shape is a function of T alone: an expert owns cdiv(count, BLOCK_M) blocks either way, so the number
+of blocks is bounded by cdiv(T * k, BLOCK_M) + E, and blocks past the used ones exit at once, so there is no
+host sync and nothing data-dependent escapes.
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ class PrefillConfig:
     down_warps: int = 8
     pick: str = "packed"  # the router's top-k method: "packed" 34.6 us, "argmax" 45.9 us at T = 8192 (NOTES.md)
     n_first: bool = True  # grid order: a block's N tiles run next to each other, so its rows are read once from HBM
+    # an expert's last block computes BLOCK_M // 2 rows when its remainder fits: uniform top-8 of 256 experts at
+    # T = 8192 pads ~25 % of the GEMM rows at BLOCK_M 128 (NOTES.md, run 5)
+    half_tail: bool = False
 
     def __post_init__(self):
         if self.pick not in PICKS:
             raise ValueError(f"PrefillConfig.pick must be one of {PICKS}, got {self.pick!r}")
+        if self.half_tail and self.block_m < 32:
+            raise ValueError(f"PrefillConfig.half_tail needs block_m >= 32 (tl.dot takes >= 16 rows), got {self.block_m}")
 
 
 GROUP_BLOCK = 256  # pairs per program of the grouping kernels
@@ -59,40 +66,23 @@ def block_and_tile(N_FIRST: tl.constexpr):
 
 
 @triton.jit
-def grouped_gate_up_kernel(
-    x_ptr,
-    w_ptr,
-    pairs_ptr,
-    block_expert_ptr,
-    h_ptr,
-    num_pairs,
-    H: tl.constexpr,
-    I: tl.constexpr,
-    E: tl.constexpr,
-    TOP_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-    N_FIRST: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+def gate_up_tile(
+    x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
+    H: tl.constexpr, I: tl.constexpr, TOP_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """h[block rows, n-tile] = silu(x_tok gate_e^T) * (x_tok up_e^T) for one expert segment block."""
-    blk, n_tile = block_and_tile(N_FIRST)
-    e = tl.load(block_expert_ptr + blk).to(tl.int64)
-    if e >= E:
-        return
-    m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    """h[row0 : row0 + ROWS, n-tile] = silu(x_tok gate_e^T) * (x_tok up_e^T)."""
+    m = row0 + tl.arange(0, ROWS)
     pair = tl.load(pairs_ptr + m)
     valid = pair < num_pairs
     tok = (pair // TOP_K).to(tl.int64)
     n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < I
     kk = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + tok[:, None] * H + kk[None, :]  # [BLOCK_M, BLOCK_K]
+    a_ptrs = x_ptr + tok[:, None] * H + kk[None, :]  # [ROWS, BLOCK_K]
     g_ptrs = w_ptr + e * (2 * I * H) + n[None, :] * H + kk[:, None]  # [BLOCK_K, BLOCK_N]
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_g = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
         k_ok = (k0 + kk) < H
         a = tl.load(a_ptrs, mask=valid[:, None] & k_ok[None, :], other=0.0)
@@ -108,38 +98,62 @@ def grouped_gate_up_kernel(
 
 
 @triton.jit
-def grouped_down_kernel(
-    h_ptr,
-    down_ptr,
+def grouped_gate_up_kernel(
+    x_ptr,
+    w_ptr,
     pairs_ptr,
     block_expert_ptr,
-    weights_ptr,
-    y_ptr,
+    block_start_ptr,
+    block_half_ptr,
+    h_ptr,
     num_pairs,
     H: tl.constexpr,
     I: tl.constexpr,
     E: tl.constexpr,
+    TOP_K: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
     N_FIRST: tl.constexpr,
+    HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """y[pair, n-tile] = w_pair * (h_pair down_e^T), written at the pair's unsorted row t * k + slot."""
+    """h[block rows, n-tile] = silu(x_tok gate_e^T) * (x_tok up_e^T) for one expert segment block; a half
+    block computes a BLOCK_M // 2-row tile (a smaller dot, not a masked full one)."""
     blk, n_tile = block_and_tile(N_FIRST)
     e = tl.load(block_expert_ptr + blk).to(tl.int64)
     if e >= E:
         return
-    m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    if HALF_TAIL:
+        row0 = tl.load(block_start_ptr + blk)
+        if tl.load(block_half_ptr + blk) != 0:
+            gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
+                         H, I, TOP_K, PRECISION, UPCAST, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+        else:
+            gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
+                         H, I, TOP_K, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, blk * BLOCK_M, e, n_tile, num_pairs,
+                     H, I, TOP_K, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def down_tile(
+    h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
+    H: tl.constexpr, I: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y[pair, n-tile] = w_pair * (h_pair down_e^T) for the pairs of rows row0 : row0 + ROWS."""
+    m = row0 + tl.arange(0, ROWS)
     pair = tl.load(pairs_ptr + m)
     valid = pair < num_pairs
     n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < H
     kk = tl.arange(0, BLOCK_K)
-    a_ptrs = h_ptr + m[:, None].to(tl.int64) * I + kk[None, :]  # [BLOCK_M, BLOCK_K]
+    a_ptrs = h_ptr + m[:, None].to(tl.int64) * I + kk[None, :]  # [ROWS, BLOCK_K]
     b_ptrs = down_ptr + e * (H * I) + n[None, :] * I + kk[:, None]  # [BLOCK_K, BLOCK_N]
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, I, BLOCK_K):
         k_ok = (k0 + kk) < I
         a = tl.load(a_ptrs, mask=valid[:, None] & k_ok[None, :], other=0.0)
@@ -151,6 +165,47 @@ def grouped_down_kernel(
     acc = acc * w[:, None]
     tl.store(y_ptr + pair[:, None].to(tl.int64) * H + n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=valid[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def grouped_down_kernel(
+    h_ptr,
+    down_ptr,
+    pairs_ptr,
+    block_expert_ptr,
+    block_start_ptr,
+    block_half_ptr,
+    weights_ptr,
+    y_ptr,
+    num_pairs,
+    H: tl.constexpr,
+    I: tl.constexpr,
+    E: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    N_FIRST: tl.constexpr,
+    HALF_TAIL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """y[pair, n-tile] = w_pair * (h_pair down_e^T), written at the pair's unsorted row t * k + slot; a half
+    block as in the gate/up kernel."""
+    blk, n_tile = block_and_tile(N_FIRST)
+    e = tl.load(block_expert_ptr + blk).to(tl.int64)
+    if e >= E:
+        return
+    if HALF_TAIL:
+        row0 = tl.load(block_start_ptr + blk)
+        if tl.load(block_half_ptr + blk) != 0:
+            down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
+                      H, I, PRECISION, UPCAST, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+        else:
+            down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
+                      H, I, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, blk * BLOCK_M, e, n_tile, num_pairs,
+                  H, I, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -178,26 +233,34 @@ def count_kernel(ids_ptr, counts_ptr, rank_ptr, num_pairs, BLOCK: tl.constexpr):
 
 @triton.jit
 def segments_kernel(
-    counts_ptr, pad_start_ptr, block_expert_ptr, n_blocks,
-    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
+    counts_ptr, pad_start_ptr, block_expert_ptr, block_start_ptr, block_half_ptr, n_blocks,
+    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, HALF_TAIL: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    """One program: each expert's segment start (counts padded to BLOCK_M, exclusive prefix sum) and the
-    owner of every block: expert e writes its own blocks, the blocks past the last segment get E. The two
-    sets of writes are disjoint, so no ordering between the program's threads is needed."""
+    """One program: each expert's segment start (counts padded to BLOCK_M, or to BLOCK_M // 2 with HALF_TAIL,
+    exclusive prefix sum) and every block's owner, first row and half flag: expert e writes its own blocks,
+    the blocks past the used ones get (E, 0, 0). The two sets of writes are disjoint, so no ordering between
+    the program's threads is needed."""
+    SEG: tl.constexpr = BLOCK_M // 2 if HALF_TAIL else BLOCK_M
     e = tl.arange(0, E_P2)
     real = e < E
     count = tl.load(counts_ptr + e, mask=real, other=0)
-    padded = (count + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    end = tl.cumsum(padded, 0)
-    start = end - padded
+    padded = (count + SEG - 1) // SEG * SEG
+    start = tl.cumsum(padded, 0) - padded
     tl.store(pad_start_ptr + e, start, mask=real)
-    used = tl.sum(padded, 0) // BLOCK_M
+    n_own = (count + BLOCK_M - 1) // BLOCK_M  # [E_P2] blocks of each expert, cdiv(count, BLOCK_M) either way
+    first = tl.cumsum(n_own, 0) - n_own
+    used = tl.sum(n_own, 0)
     for b0 in range(0, n_blocks, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
-        tl.store(block_expert_ptr + b, tl.full([BLOCK_B], E, tl.int32), mask=(b >= used) & (b < n_blocks))
-    n_own = padded // BLOCK_M  # [E_P2] blocks of each expert
+        unused = (b >= used) & (b < n_blocks)
+        tl.store(block_expert_ptr + b, tl.full([BLOCK_B], E, tl.int32), mask=unused)
+        tl.store(block_start_ptr + b, tl.zeros([BLOCK_B], tl.int32), mask=unused)
+        tl.store(block_half_ptr + b, tl.zeros([BLOCK_B], tl.int32), mask=unused)
     for j in range(0, tl.max(n_own, 0)):
-        tl.store(block_expert_ptr + start // BLOCK_M + j, e, mask=real & (j < n_own))
+        mine = real & (j < n_own)
+        tl.store(block_expert_ptr + first + j, e, mask=mine)
+        tl.store(block_start_ptr + first + j, start + j * BLOCK_M, mask=mine)
+        tl.store(block_half_ptr + first + j, (padded - j * BLOCK_M == BLOCK_M // 2).to(tl.int32), mask=mine)
 
 
 @triton.jit
@@ -211,10 +274,12 @@ def place_kernel(ids_ptr, rank_ptr, pad_start_ptr, pairs_ptr, num_pairs, BLOCK: 
     tl.store(pairs_ptr + start + rank, offs, mask=ok)
 
 
-def group_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_by_expert(
+    ids: torch.Tensor, num_experts: int, block_m: int, half_tail: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ids [T, k] int32 -> the layout of `reference.group_by_expert`, in three small kernels (a counting
-    sort: atomic counts, segment starts and block owners, placement). The order of an expert's pairs
-    within its segment is the atomics' arrival order; each row's result does not depend on it."""
+    sort: atomic counts, segment starts and the blocks' owners, rows and half flags, placement). The order of
+    an expert's pairs within its segment is the atomics' arrival order; each row's result does not depend on it."""
     num_pairs = ids.numel()
     n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
     flat = ids.reshape(-1).to(torch.int32)  # [T*k]
@@ -222,13 +287,16 @@ def group_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
     rank = torch.empty(num_pairs, dtype=torch.int32, device=ids.device)
     pad_start = torch.empty(num_experts, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
+    block_start = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
+    block_half = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
     pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
     grid = ((num_pairs + GROUP_BLOCK - 1) // GROUP_BLOCK,)
     launch(count_kernel)[grid](flat, counts, rank, num_pairs, BLOCK=GROUP_BLOCK)
-    launch(segments_kernel)[(1,)](counts, pad_start, block_expert, n_blocks,
-                                  E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m, BLOCK_B=256)
+    launch(segments_kernel)[(1,)](counts, pad_start, block_expert, block_start, block_half, n_blocks,
+                                  E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m, HALF_TAIL=half_tail,
+                                  BLOCK_B=256)
     launch(place_kernel)[grid](flat, rank, pad_start, pairs, num_pairs, BLOCK=GROUP_BLOCK)
-    return pairs, block_expert
+    return pairs, block_expert, block_start, block_half
 
 
 def grid(n_first: bool, n_blocks: int, n_tiles: int) -> tuple[int, int]:
@@ -256,7 +324,7 @@ def moe_prefill(
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, PICK=PICKS.index(cfg.pick),
     )
     bm = cfg.block_m
-    pairs, block_expert = group_by_expert(ids, E, bm)
+    pairs, block_expert, block_start, block_half = group_by_expert(ids, E, bm, cfg.half_tail)
     n_blocks = block_expert.shape[0]
     # a grid's axis 1 holds at most 65535 programs (T above ~1M tokens at BLOCK_M 128); exported T is bounded lower
     n_first = cfg.n_first and not (isinstance(n_blocks, int) and n_blocks > 65535)
@@ -266,16 +334,18 @@ def moe_prefill(
     bn = min(cfg.block_n, max(16, next_pow2(I)))
     bk = min(cfg.block_k, max(16, next_pow2(H)))
     launch(grouped_gate_up_kernel)[grid(n_first, n_blocks, triton.cdiv(I, bn))](
-        x, gate_up, pairs, block_expert, h, num_pairs,
-        H=H, I=I, E=E, TOP_K=top_k, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        x, gate_up, pairs, block_expert, block_start, block_half, h, num_pairs,
+        H=H, I=I, E=E, TOP_K=top_k, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, HALF_TAIL=cfg.half_tail,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=cfg.warps, num_stages=cfg.stages,
     )
     y = torch.empty((num_pairs, H), device=x.device, dtype=x.dtype)
     bn = min(cfg.down_block_n, max(16, next_pow2(H)))
     bk = min(cfg.block_k, max(16, next_pow2(I)))
     launch(grouped_down_kernel)[grid(n_first, n_blocks, triton.cdiv(H, bn))](
-        h, down, pairs, block_expert, weights, y, num_pairs,
-        H=H, I=I, E=E, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        h, down, pairs, block_expert, block_start, block_half, weights, y, num_pairs,
+        H=H, I=I, E=E, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, HALF_TAIL=cfg.half_tail,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
         num_warps=cfg.down_warps, num_stages=cfg.stages,
     )
     out = torch.empty_like(x)

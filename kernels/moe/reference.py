@@ -106,25 +106,38 @@ def moe_shared_float64(x, router_shared, gate_up, down, shared_down, top_k, reno
     return routed + shared_expert(rs[:, E : E + 2 * S], rs[:, E + 2 * S :], shared_down.double())
 
 
-def group_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_by_expert(
+    ids: torch.Tensor, num_experts: int, block_m: int, half_tail: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The prefill kernels' layout. ids [T, k] -> pairs [n_blocks * block_m] int32 (flat pair index
-    t * k + slot, grouped by expert in expert order, each expert's run padded to a multiple of block_m with
-    the sentinel T * k), block_expert [n_blocks] int32 (the expert of each block; E past the used ones);
-    n_blocks = cdiv(T * k, block_m) + E bounds the padding. Here pairs keep ascending order within an
+    t * k + slot, grouped by expert in expert order, each expert's run padded to a multiple of block_m, or
+    of block_m // 2 with half_tail, with the sentinel T * k); per block [n_blocks] int32: block_expert (the
+    expert of each block; E past the used ones), block_start (its first row in pairs; 0 past the used ones),
+    block_half (1 where it is a half block: an expert's last block when half_tail and the expert's count
+    leaves a remainder <= block_m // 2 over whole blocks). An expert owns cdiv(count, block_m) blocks either
+    way, so n_blocks = cdiv(T * k, block_m) + E bounds them. Here pairs keep ascending order within an
     expert (a stable sort)."""
     num_pairs = ids.numel()
     n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
+    seg = block_m // 2 if half_tail else block_m  # the padding step of a segment
     flat = ids.reshape(-1).long()  # [T*k]
     counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_m - 1) // block_m * block_m
-    pad_end = torch.cumsum(padded, 0)
+    padded = (counts + seg - 1) // seg * seg
+    pad_start = torch.cumsum(padded, 0) - padded
     start = torch.cumsum(counts, 0) - counts
     expert, order = torch.sort(flat, stable=True)
     rank = torch.arange(num_pairs, device=ids.device) - start[expert]
-    pos = pad_end[expert] - padded[expert] + rank
+    pos = pad_start[expert] + rank
     pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
     pairs.scatter_(0, pos, order.to(torch.int32))
-    block_start = torch.arange(n_blocks, device=ids.device) * block_m
-    block_expert = torch.searchsorted(pad_end, block_start, right=True).to(torch.int32)
-    return pairs, block_expert
+    n_own = (counts + block_m - 1) // block_m  # [E] blocks of each expert
+    own_end = torch.cumsum(n_own, 0)
+    b = torch.arange(n_blocks, device=ids.device)
+    block_expert = torch.searchsorted(own_end, b, right=True)  # [n_blocks], E past the used ones
+    used = block_expert < num_experts
+    e = block_expert.clamp(max=num_experts - 1)
+    j = b - (own_end - n_own)[e]  # the block's index within its expert
+    block_start = torch.where(used, pad_start[e] + j * block_m, 0)
+    block_half = used & (padded[e] - j * block_m == block_m // 2) & half_tail
+    return pairs, block_expert.to(torch.int32), block_start.to(torch.int32), block_half.to(torch.int32)

@@ -103,7 +103,8 @@ def pick_top_k(logit, offs, valid, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: t
                RENORM: tl.constexpr):
     """`route_row_packed`'s keys, the best K_P2 of them by one bitonic top-k (`tl.topk`: log2(E_P2) rounds of
     compare-exchanges instead of TOP_K dependent reductions). logit [E_P2] float32, -inf where not valid.
-    Same ids and weights as the other two methods."""
+    Same ids as the other two methods; on the GPU the renormalised weights can differ from theirs in the last
+    float32 bit, since the sum over the slots reduces in another order after `tl.topk` (NOTES.md, session 13)."""
     mx, prob, key = packed_keys(logit, offs, valid, E_P2)
     if K_P2 == 1:  # tl.topk reduces a single winner to a scalar it cannot reshape
         best = tl.zeros([1], dtype=tl.int64) + tl.max(key, 0)
