@@ -193,8 +193,7 @@ def check_layer(x, w_rs, gate_up, down, shared_down, k, renorm, cfg):
     assert err <= TOL[x.dtype] * scale, f"max err {err:.3e} > {TOL[x.dtype]} * {scale:.3e}"
 
 
-LAYER_CONFIGS = {"default": LayerConfig(), "small-blocks": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2),
-                 "small-blocks-lag2": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2, lag=2),
+LAYER_CONFIGS = {"default": LayerConfig(), "small-blocks-lag2": LayerConfig(block_r=4, block_i=2, block_h=16, block_out=2, lag=2),
                  "lag1": LayerConfig(block_out=4, lag=1), "lag0": LayerConfig(block_out=4, lag=0)}
 
 
@@ -219,7 +218,7 @@ def _items_kernel(out_ptr, N_R: tl.constexpr, N_S: tl.constexpr, N_G: tl.constex
 
 
 SCHEDULES = [(16, 48, 24, 40, 4, LayerConfig(lag=1)), (16, 48, 24, 40, 4, LayerConfig(block_i=2, block_out=2, lag=2)),
-             (256, 2048, 512, 512, 8, LayerConfig()), (512, 2048, 512, 512, 10, LayerConfig(lag=10)),
+             (256, 2048, 512, 512, 8, LayerConfig()),
              (64, 96, 40, 24, 1, LayerConfig(block_out=32)), (16, 48, 24, 40, 4, LayerConfig(lag=0))]
 
 
