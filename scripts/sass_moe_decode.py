@@ -21,18 +21,19 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from gdn.kernels.moe import decode as D
-from gdn.kernels.moe.route import PICKS, route_kernel
+from gdn.kernels.moe.route import PICKS
 
 H, I, E, K, S = 2048, 512, 256, 8, 512
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 GATE_UP_ARGS = {"x_ptr": "*bf16", "logits_ptr": "*bf16", "logits_col_stride": "i32", "w_ptr": "*bf16",
                 "h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32"}
+UNROLLED_ARGS = {**GATE_UP_ARGS, "down_ptr": "*bf16", "sdown_ptr": "*bf16"}
 DOWN_ARGS = {"h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32", "down_ptr": "*bf16", "out_ptr": "*bf16",
              "shared_act_ptr": "*bf16", "shared_act_stride": "constexpr", "shared_gate_ptr": "*bf16",
              "shared_down_ptr": "*bf16"}
-ROUTE_ARGS = {"logits_ptr": "*bf16", "row_stride": "i32", "col_stride": "constexpr", "ids_ptr": "*i32",
-              "weights_ptr": "*fp32"}
+ROUTE_ARGS = {"logits_ptr": "*bf16", "col_stride": "constexpr", "ids_ptr": "*i32", "weights_ptr": "*fp32",
+              "gate_up_ptr": "*bf16"}
 
 
 def compile_sm90(fn, args: dict, consts: dict, warps: int) -> tuple[bytes, str]:
@@ -64,10 +65,12 @@ def summary(usage: str, sass: str) -> str:
 
 
 def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
-    fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
     consts = dict(H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, ROUTE=cfg.router == "inline",
                   PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
-    return compile_sm90(fn, GATE_UP_ARGS, consts, cfg.warps_gate_up)
+    if cfg.gate_up == "tile":
+        return compile_sm90(D.decode_gate_up_kernel, GATE_UP_ARGS, consts, cfg.warps_gate_up)
+    consts.update(DOWN_BYTES=H * I * 2, SDOWN_BYTES=H * S * 2, PREFETCH=("none", "start", "end").index(cfg.prefetch_down))
+    return compile_sm90(D.gate_up_unrolled_kernel, UNROLLED_ARGS, consts, cfg.warps_gate_up)
 
 
 def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
@@ -80,8 +83,9 @@ def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
 
 
 def route(cfg: D.DecodeConfig) -> tuple[str, str]:
-    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PICK=PICKS.index(cfg.pick))
-    return compile_sm90(route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
+    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PICK=PICKS.index(cfg.pick), I=I, ROW_BYTES=H * 2,
+                  PREFETCH_ROWS=cfg.prefetch_rows)
+    return compile_sm90(D.decode_route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
 
 
 def cases():
@@ -91,6 +95,9 @@ def cases():
     yield "baseline kernel 1 (tile, inline argmax router)", gate_up(base)
     yield "unrolled kernel 1, inline packed router", gate_up(replace(new, router="inline"))
     yield "unrolled kernel 1 (id from the router kernel)", gate_up(new)
+    yield "the ops' kernel 1 (2 rows), down prefetched at the start", gate_up(D.DecodeConfig(prefetch_down="start"))
+    yield "the ops' kernel 1 (2 rows), down prefetched at the end", gate_up(D.DecodeConfig(prefetch_down="end"))
+    yield "the ops' router kernel, 64 rows prefetched", route(D.DecodeConfig(prefetch_rows=64))
     yield "baseline kernel 2 (tile), routed", down(base, False)
     yield "baseline kernel 2 (tile), + shared", down(base, True)
     yield "unrolled kernel 2, routed", down(new, False)

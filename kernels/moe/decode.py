@@ -23,11 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch, next_pow2
-from .route import PICKS, route_any, route_kernel
+from .launch import INTERPRETED, launch, next_pow2
+from .prefetch import prefetch_l2
+from .route import PICKS, route_any
 
 CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "unrolled"),
-           "down": ("tile", "unrolled")}
+           "down": ("tile", "unrolled"), "prefetch_down": ("none", "start", "end")}
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,19 @@ class DecodeConfig:
     warps_gate_up: int = 8
     warps_down: int = 8
     warps_router: int = 1  # "kernel" router: one warp reduces with shuffles alone, no shared-memory rounds
+    # L2 prefetch (sm_90; skipped when interpreted): the "unrolled" kernel 1 asks for its slot's share of
+    # down[e] and of the shared expert's down, at its "start" or "end", for kernel 2 to read from L2
+    prefetch_down: str = "none"
+    prefetch_rows: int = 0  # the router kernel asks for these first rows of each selected gate and up
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DecodeConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.prefetch_down != "none" and self.gate_up != "unrolled":
+            raise ValueError(f"DecodeConfig.prefetch_down needs gate_up 'unrolled', got {self.gate_up!r}")
+        if self.prefetch_rows and self.router != "kernel":
+            raise ValueError(f"DecodeConfig.prefetch_rows needs router 'kernel', got {self.router!r}")
 
 
 BASELINE = DecodeConfig(router="inline", pick="argmax", gate_up="tile", down="tile", block_i=4, block_h=2048,
@@ -78,6 +87,41 @@ def slot_expert(slot, writer, logits_ptr, logits_col_stride, ids_ptr, weights_pt
     else:
         e = tl.load(ids_ptr + slot)
     return e.to(tl.int64)
+
+
+@triton.jit
+def decode_route_kernel(logits_ptr, col_stride, ids_ptr, weights_ptr, gate_up_ptr, E: tl.constexpr,
+                        E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr,
+                        PICK: tl.constexpr, I: tl.constexpr, ROW_BYTES: tl.constexpr, PREFETCH_ROWS: tl.constexpr):
+    """The "kernel" router of one token: ids [TOP_K] int32, weights [TOP_K] float32; then, with PREFETCH_ROWS,
+    the first rows of each selected expert's gate and up go to L2 while kernel 1 launches."""
+    ids, top = route_any(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
+    slots = tl.arange(0, K_P2)
+    tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
+    tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
+    if PREFETCH_ROWS > 0:
+        base = gate_up_ptr.to(tl.pointer_type(tl.int8))
+        nbytes = tl.full([], PREFETCH_ROWS * ROW_BYTES, tl.int32)
+        for j in tl.static_range(TOP_K):
+            gate = base + tl.sum(tl.where(slots == j, ids, 0), 0).to(tl.int64) * (2 * I * ROW_BYTES)
+            prefetch_l2(gate, nbytes)
+            prefetch_l2(gate + I * ROW_BYTES, nbytes)
+
+
+@triton.jit
+def prefetch_down_share(down_ptr, sdown_ptr, e, slot, blk, N_BLOCKS: tl.constexpr, TOP_K: tl.constexpr,
+                        DOWN_BYTES: tl.constexpr, SDOWN_BYTES: tl.constexpr):
+    """Program (slot, blk) of kernel 1 asks L2 for its 1 / N_BLOCKS of down[e] and its 1 / (TOP_K N_BLOCKS)
+    of the shared expert's down (SDOWN_BYTES 0: none)."""
+    chunk: tl.constexpr = (DOWN_BYTES + N_BLOCKS - 1) // N_BLOCKS
+    start = blk * chunk
+    prefetch_l2(down_ptr.to(tl.pointer_type(tl.int8)) + e * DOWN_BYTES + start,
+                tl.minimum(chunk, DOWN_BYTES - start).to(tl.int32))
+    if SDOWN_BYTES > 0:
+        s_chunk: tl.constexpr = (SDOWN_BYTES + TOP_K * N_BLOCKS - 1) // (TOP_K * N_BLOCKS)
+        s_start = (slot * N_BLOCKS + blk) * s_chunk
+        prefetch_l2(sdown_ptr.to(tl.pointer_type(tl.int8)) + s_start,
+                    tl.minimum(s_chunk, SDOWN_BYTES - s_start).to(tl.int32))
 
 
 @triton.jit
@@ -145,15 +189,23 @@ def gate_up_unrolled_kernel(
     PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    down_ptr,
+    sdown_ptr,
+    DOWN_BYTES: tl.constexpr,
+    SDOWN_BYTES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """The "unrolled" kernel 1: a flat grid of TOP_K * cdiv(I, BLOCK_I) programs, slot-major (neighbouring
     programs read neighbouring rows); BLOCK_I rows of gate and the same rows of up, the H steps unrolled so
-    that all of the program's weight loads can be in flight at once, one step's [BLOCK_I, BLOCK_H] accumulators."""
+    that all of the program's weight loads can be in flight at once, one step's [BLOCK_I, BLOCK_H] accumulators.
+    PREFETCH 1 / 2: at its start / end the program asks L2 for its share of kernel 2's down weights."""
     n_blocks: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I
     pid = tl.program_id(0)
     slot = pid // n_blocks
     e = slot_expert(slot, pid == 0, logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
                     E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
+    if PREFETCH == 1:
+        prefetch_down_share(down_ptr, sdown_ptr, e, slot, pid % n_blocks, n_blocks, TOP_K, DOWN_BYTES, SDOWN_BYTES)
     rows = (pid % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_ok = rows < I
     gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
@@ -172,6 +224,8 @@ def gate_up_unrolled_kernel(
     g = tl.sum(acc_g, 1)
     u = tl.sum(acc_u, 1)
     tl.store(h_ptr + slot * I + rows, g * tl.sigmoid(g) * u, mask=row_ok)
+    if PREFETCH == 2:
+        prefetch_down_share(down_ptr, sdown_ptr, e, slot, pid % n_blocks, n_blocks, TOP_K, DOWN_BYTES, SDOWN_BYTES)
 
 
 @triton.jit
@@ -290,22 +344,30 @@ def moe_decode(
 ) -> torch.Tensor:
     """x [1, H]; router_logits [1, E]; shared = (gate|up [1, 2S] (any column stride), gate logit [1, 1],
     down [H, S]) or None -> [1, H] in x's dtype."""
-    h, ids, weights = decode_gate_up(x.contiguous(), router_logits, gate_up, top_k, renormalize, cfg)
+    s_down = None if shared is None else shared[2]
+    h, ids, weights = decode_gate_up(x.contiguous(), router_logits, gate_up, top_k, renormalize, cfg, down, s_down)
     return decode_down(h, ids, weights, down, torch.empty_like(x), shared, cfg)
 
 
-def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg: DecodeConfig) -> None:
-    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32 (prefill's router, one token)."""
+def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg: DecodeConfig,
+                 gate_up: torch.Tensor | None = None) -> None:
+    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32; with gate_up and
+    cfg.prefetch_rows it also sends those rows of the selected experts' gate and up to L2."""
     E = router_logits.shape[1]
-    launch(route_kernel)[(1,)](
-        router_logits, 0, router_logits.stride(1), ids, weights,
+    rows = 0 if gate_up is None or INTERPRETED else min(cfg.prefetch_rows, gate_up.shape[1] // 2)
+    launch(decode_route_kernel)[(1,)](
+        router_logits, router_logits.stride(1), ids, weights, router_logits if gate_up is None else gate_up,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-        PICK=PICKS.index(cfg.pick), num_warps=cfg.warps_router,
+        PICK=PICKS.index(cfg.pick), I=1 if gate_up is None else gate_up.shape[1] // 2,
+        ROW_BYTES=1 if gate_up is None else gate_up.shape[2] * gate_up.element_size(), PREFETCH_ROWS=rows,
+        num_warps=cfg.warps_router,
     )
 
 
-def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg: DecodeConfig):
-    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32 (routing included)."""
+def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg: DecodeConfig,
+                   down: torch.Tensor | None = None, shared_down: torch.Tensor | None = None):
+    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32 (routing included). down /
+    shared_down: kernel 2's weights, for cfg.prefetch_down."""
     E, I2, H = gate_up.shape
     I = I2 // 2
     h = torch.empty((top_k, I), device=x.device, dtype=torch.float32)
@@ -313,17 +375,20 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
     weights = torch.empty((top_k,), device=x.device, dtype=torch.float32)
     inline = cfg.router == "inline"
     if not inline:
-        decode_route(router_logits, ids, weights, top_k, renormalize, cfg)
+        decode_route(router_logits, ids, weights, top_k, renormalize, cfg, gate_up)
     block_i = min(cfg.block_i, next_pow2(I))
     block_h = min(cfg.block_h, next_pow2(H))
+    args = (x, router_logits, router_logits.stride(1), gate_up, h, ids, weights)
+    meta = dict(H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
+                ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up)
     if cfg.gate_up == "tile":
-        kernel, grid = decode_gate_up_kernel, (top_k, triton.cdiv(I, block_i))
-    else:
-        kernel, grid = gate_up_unrolled_kernel, (top_k * triton.cdiv(I, block_i),)
-    launch(kernel)[grid](
-        x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
-        H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-        ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
+        launch(decode_gate_up_kernel)[(top_k, triton.cdiv(I, block_i))](*args, **meta)
+        return h, ids, weights
+    prefetch = 0 if down is None or INTERPRETED else ("none", "start", "end").index(cfg.prefetch_down)
+    launch(gate_up_unrolled_kernel)[(top_k * triton.cdiv(I, block_i),)](
+        *args, down_ptr=h if down is None else down, sdown_ptr=h if shared_down is None else shared_down, **meta,
+        DOWN_BYTES=0 if down is None else down[0].numel() * down.element_size(),
+        SDOWN_BYTES=0 if shared_down is None else shared_down.numel() * shared_down.element_size(), PREFETCH=prefetch,
     )
     return h, ids, weights
 

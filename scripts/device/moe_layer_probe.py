@@ -12,8 +12,10 @@ the launch cost of an almost empty graph.
 flush: the same calls after each way of flushing L2 (bench_moe.FLUSH_MODE).
 variants: the model's layer under other decode kernel configs.
 projection: the model's layer under other blocks of its gdn::gemv projection.
+prefetch: the model's layer with L2 prefetches of later kernels' weights (DecodeConfig.prefetch_down,
+prefetch_rows), one per graph and chained, outputs bit-equal to the plain config's.
 
-    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants|projection ...
+    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants|projection|prefetch ...
 """
 
 from __future__ import annotations
@@ -222,6 +224,61 @@ def projection(w) -> None:
               f"projection alone {alone:.2f} us", flush=True)
 
 
+PREFETCHES = [DecodeConfig()] + [replace(DecodeConfig(), **kw) for kw in (
+    dict(prefetch_down="start"), dict(prefetch_down="end"), dict(prefetch_rows=16), dict(prefetch_rows=64),
+    dict(prefetch_rows=256), dict(prefetch_rows=512), dict(prefetch_down="end", prefetch_rows=64),
+    dict(prefetch_down="start", prefetch_rows=64), dict(prefetch_down="end", prefetch_rows=256))]
+
+
+def prefetch(w) -> None:
+    """The model's layer with L2 prefetches: kernel 1 asking for kernel 2's down weights, the router kernel for
+    the first rows of the selected gate/up. One layer per graph and CHAIN layers per graph; each config's
+    output must equal the plain config's bit for bit (prefetching changes no value)."""
+    bw = bm.copy_bandwidth()
+    nbytes = bm.layer_bytes()[0]
+    sets = [w] + [bm.weights() for _ in range(CHAIN - 1)]
+    x0 = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
+    pct = lambda us: 100 * nbytes / us / 1e3 / (bw / 1e9)
+
+    def chain(n, cfg):
+        x = x0
+        for gate_up, down, w_rs, shared_down in sets[:n]:
+            x = op.moe_shared_triton(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True, decode_cfg=cfg)
+        return x
+    plain = chain(CHAIN, DecodeConfig()).clone()
+    for cfg in PREFETCHES:
+        assert torch.equal(chain(CHAIN, cfg), plain), f"{cfg} changed the output"
+        one = bm.timed(lambda cfg=cfg: chain(1, cfg), eager=False).graph_us
+        per = bm.timed(lambda cfg=cfg: chain(CHAIN, cfg), eager=False).graph_us / CHAIN
+        print(f"prefetch_down {cfg.prefetch_down}, prefetch_rows {cfg.prefetch_rows}: one per graph {one:.2f} us "
+              f"({pct(one):.1f}% of copy); {CHAIN} chained {per:.2f} us per layer ({pct(per):.1f}%); "
+              f"output bit-equal", flush=True)
+
+
+def kernels(w) -> None:
+    """Per-kernel durations (profiler, median of 20 eager calls, each after a flush) of the model's layer under
+    the prefetch configs: eager launches leave kernel 1's prefetches time to land, so kernel 2's duration shows
+    whether its weights were still in L2, and kernel 1's what asking for them cost."""
+    gate_up, down, w_rs, shared_down = w
+    x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
+    for cfg in PREFETCHES[:3]:
+        fn = lambda: op.moe_shared_triton(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True,
+                                          decode_cfg=cfg)
+        fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                bm.flush_l2()
+                fn()
+                torch.cuda.synchronize()
+        times: dict[str, list[float]] = {}
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA and "reduce" not in e.name:
+                times.setdefault(e.name[:30], []).append(e.device_time)
+        parts = [f"{k} {torch.tensor(v).median().item():.2f}" for k, v in times.items()]
+        print(f"prefetch_down {cfg.prefetch_down}: us per kernel (median) {'; '.join(parts)}", flush=True)
+
+
 def main() -> None:
     bm.FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     torch.manual_seed(0)
@@ -229,7 +286,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), flush=True)
     for mode in sys.argv[1:]:
         {"check": check, "bench": bench, "trace": trace, "chained": chained, "flush": flush,
-         "variants": variants, "projection": projection}[mode](w)
+         "variants": variants, "projection": projection, "prefetch": prefetch, "kernels": kernels}[mode](w)
 
 
 if __name__ == "__main__":
