@@ -28,12 +28,12 @@ TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 GATE_UP_ARGS = {"x_ptr": "*bf16", "logits_ptr": "*bf16", "logits_col_stride": "i32", "w_ptr": "*bf16",
                 "h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32"}
-UNROLLED_ARGS = {**GATE_UP_ARGS, "down_ptr": "*bf16", "sdown_ptr": "*bf16"}
 DOWN_ARGS = {"h_ptr": "*fp32", "ids_ptr": "*i32", "weights_ptr": "*fp32", "down_ptr": "*bf16", "out_ptr": "*bf16",
              "shared_act_ptr": "*bf16", "shared_act_stride": "constexpr", "shared_gate_ptr": "*bf16",
-             "shared_down_ptr": "*bf16"}
+             "shared_down_ptr": "*bf16", "shared_out_ptr": "*fp32"}
 ROUTE_ARGS = {"logits_ptr": "*bf16", "col_stride": "constexpr", "ids_ptr": "*i32", "weights_ptr": "*fp32",
-              "gate_up_ptr": "*bf16"}
+              "act_ptr": "*bf16", "act_stride": "i32", "gate_ptr": "*bf16", "sdown_ptr": "*bf16",
+              "shared_out_ptr": "*fp32"}
 
 
 def compile_sm90(fn, args: dict, consts: dict, warps: int) -> tuple[bytes, str]:
@@ -69,22 +69,26 @@ def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
                   PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
     if cfg.gate_up == "tile":
         return compile_sm90(D.decode_gate_up_kernel, GATE_UP_ARGS, consts, cfg.warps_gate_up)
-    consts.update(DOWN_BYTES=H * I * 2, SDOWN_BYTES=H * S * 2, PREFETCH=("none", "start", "end").index(cfg.prefetch_down))
-    return compile_sm90(D.gate_up_unrolled_kernel, UNROLLED_ARGS, consts, cfg.warps_gate_up)
+    return compile_sm90(D.gate_up_unrolled_kernel, GATE_UP_ARGS, {**consts, "AHEAD": cfg.prefetch_ahead},
+                        cfg.warps_gate_up)
 
 
 def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
-    consts = dict(H=H, I=I, S=S, TOP_K=K, HAS_SHARED=shared, BLOCK_OUT=cfg.block_out)
+    consts = dict(H=H, I=I, S=S, TOP_K=K, BLOCK_OUT=cfg.block_out, K_P2=K)
     if cfg.down == "tile":
         inner = max(16, min(I, cfg.tile_down // (K * cfg.block_out)))
-        return compile_sm90(D.decode_down_kernel, DOWN_ARGS, {**consts, "K_P2": K, "BLOCK_INNER": inner}, cfg.warps_down)
-    return compile_sm90(D.down_unrolled_kernel, DOWN_ARGS, {**consts, "K_P2": K, "BLOCK_INNER": cfg.block_inner},
+        mode = 0 if not shared else 1 if cfg.shared == "down" else 2
+        return compile_sm90(D.decode_down_kernel, DOWN_ARGS, {**consts, "SHARED": mode, "BLOCK_INNER": inner,
+                                                              "PREFETCH": cfg.prefetch_down}, cfg.warps_down)
+    args = {k: v for k, v in DOWN_ARGS.items() if k != "shared_out_ptr"}
+    return compile_sm90(D.down_unrolled_kernel, args, {**consts, "HAS_SHARED": shared, "BLOCK_INNER": cfg.block_inner},
                         cfg.warps_down)
 
 
 def route(cfg: D.DecodeConfig) -> tuple[str, str]:
-    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PICK=PICKS.index(cfg.pick), I=I, ROW_BYTES=H * 2,
-                  PREFETCH_ROWS=cfg.prefetch_rows)
+    block = cfg.block_shared if cfg.shared == "router" else 0
+    consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PICK=PICKS.index(cfg.pick), H=H, S=S, S_P2=S,
+                  BLOCK_S=block)
     return compile_sm90(D.decode_route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
 
 
@@ -95,11 +99,12 @@ def cases():
     yield "baseline kernel 1 (tile, inline argmax router)", gate_up(base)
     yield "unrolled kernel 1, inline packed router", gate_up(replace(new, router="inline"))
     yield "unrolled kernel 1 (id from the router kernel)", gate_up(new)
-    yield "the ops' kernel 1 (2 rows), down prefetched at the start", gate_up(D.DecodeConfig(prefetch_down="start"))
-    yield "the ops' kernel 1 (2 rows), down prefetched at the end", gate_up(D.DecodeConfig(prefetch_down="end"))
-    yield "the ops' router kernel, 64 rows prefetched", route(D.DecodeConfig(prefetch_rows=64))
+    yield "the ops' kernel 1, prefetching 1024 programs ahead", gate_up(D.DecodeConfig(prefetch_ahead=1024))
+    yield "router kernel + shared expert programs, topk, 1 warp", route(D.DecodeConfig(shared="router", block_shared=4))
     yield "baseline kernel 2 (tile), routed", down(base, False)
     yield "baseline kernel 2 (tile), + shared", down(base, True)
+    yield "tile kernel 2, + shared output from the router launch", down(D.DecodeConfig(shared="router"), True)
+    yield "tile kernel 2, + shared, own rows prefetched first", down(D.DecodeConfig(prefetch_down=True), True)
     yield "unrolled kernel 2, routed", down(new, False)
     yield "unrolled kernel 2, + shared", down(new, True)
 

@@ -133,6 +133,9 @@ DECODE_CONFIGS = {  # the inline router runs in every kernel-1 program, slow in 
                                      warps_router=4),
     "tile-routerkernel-small": DecodeConfig(router="kernel", gate_up="tile", down="tile", block_h=16, tile_down=64),
 }
+# the shared expert's down projection beside the router program: one block per 4 rows, and one block past H
+SHARED_CONFIGS = {**DECODE_CONFIGS, "shared-router": DecodeConfig(shared="router", block_shared=4),
+                  "shared-router-masked": DecodeConfig(shared="router", block_shared=32, warps_router=4)}
 DECODE_SHAPES = [(8, 2, 48, 20), (64, 8, 64, 24), (64, 10, 40, 24)]  # (E, top_k, H, I); H, I not powers of 2 too
 DECODE_ROUTES = [("random", True), ("ties", True), ("ties", False), ("cold", False)]
 ROUTE_IDS = [f"{mode}-{'renorm' if renorm else 'fullsoftmax'}" for mode, renorm in DECODE_ROUTES]
@@ -155,7 +158,7 @@ def test_decode_configs_interpreted(cfg, E, top_k, H, I, mode, renorm, dtype, po
 
 @INTERPRETER_ONLY
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("cfg", DECODE_CONFIGS.values(), ids=DECODE_CONFIGS.keys())
+@pytest.mark.parametrize("cfg", SHARED_CONFIGS.values(), ids=SHARED_CONFIGS.keys())
 def test_decode_shared_configs_interpreted(cfg, dtype, poisoned):
     """The fused shared expert in every decode design; S differs from I and is not a power of 2."""
     E, H, I, S, k = 16, 48, 32, 40, 4

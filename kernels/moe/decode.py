@@ -28,7 +28,7 @@ from .prefetch import prefetch_l2
 from .route import PICKS, route_any
 
 CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "unrolled"),
-           "down": ("tile", "unrolled"), "prefetch_down": ("none", "start", "end")}
+           "down": ("tile", "unrolled"), "shared": ("down", "router")}
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,27 @@ class DecodeConfig:
     warps_gate_up: int = 8
     warps_down: int = 8
     warps_router: int = 1  # "kernel" router: one warp reduces with shuffles alone, no shared-memory rounds
-    # L2 prefetch (sm_90; skipped when interpreted): the "unrolled" kernel 1 asks for its slot's share of
-    # down[e] and of the shared expert's down, at its "start" or "end", for kernel 2 to read from L2
-    prefetch_down: str = "none"
-    prefetch_rows: int = 0  # the router kernel asks for these first rows of each selected gate and up
+    # where the shared expert's down projection runs: fused into kernel 2 ("down"), or in the router kernel's
+    # launch ("router"), beside the one routing program, on the SMs that routing leaves idle
+    shared: str = "down"
+    block_shared: int = 8  # "router": shared-expert output rows per program
+    # L2 bulk prefetch by the TMA unit (sm_90; skipped when interpreted): the "unrolled" kernel 1's program p
+    # asks for the rows of program p + prefetch_ahead; the "tile" kernel 2 asks for its own rows before loading
+    prefetch_ahead: int = 0
+    prefetch_down: bool = False
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DecodeConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.prefetch_down != "none" and self.gate_up != "unrolled":
-            raise ValueError(f"DecodeConfig.prefetch_down needs gate_up 'unrolled', got {self.gate_up!r}")
-        if self.prefetch_rows and self.router != "kernel":
-            raise ValueError(f"DecodeConfig.prefetch_rows needs router 'kernel', got {self.router!r}")
+        if self.prefetch_ahead and (self.router, self.gate_up) != ("kernel", "unrolled"):
+            raise ValueError(f"DecodeConfig.prefetch_ahead needs router 'kernel' and gate_up 'unrolled', got "
+                             f"{self.router!r} and {self.gate_up!r}")
+        if self.prefetch_down and self.down != "tile":
+            raise ValueError(f"DecodeConfig.prefetch_down needs down 'tile', got {self.down!r}")
+        if self.shared == "router" and (self.router, self.down) != ("kernel", "tile"):
+            raise ValueError(f"DecodeConfig.shared 'router' needs router 'kernel' and down 'tile', got "
+                             f"{self.router!r} and {self.down!r}")
 
 
 BASELINE = DecodeConfig(router="inline", pick="argmax", gate_up="tile", down="tile", block_i=4, block_h=2048,
@@ -90,38 +98,37 @@ def slot_expert(slot, writer, logits_ptr, logits_col_stride, ids_ptr, weights_pt
 
 
 @triton.jit
-def decode_route_kernel(logits_ptr, col_stride, ids_ptr, weights_ptr, gate_up_ptr, E: tl.constexpr,
-                        E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr,
-                        PICK: tl.constexpr, I: tl.constexpr, ROW_BYTES: tl.constexpr, PREFETCH_ROWS: tl.constexpr):
-    """The "kernel" router of one token: ids [TOP_K] int32, weights [TOP_K] float32; then, with PREFETCH_ROWS,
-    the first rows of each selected expert's gate and up go to L2 while kernel 1 launches."""
-    ids, top = route_any(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
-    slots = tl.arange(0, K_P2)
-    tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
-    tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
-    if PREFETCH_ROWS > 0:
-        base = gate_up_ptr.to(tl.pointer_type(tl.int8))
-        nbytes = tl.full([], PREFETCH_ROWS * ROW_BYTES, tl.int32)
-        for j in tl.static_range(TOP_K):
-            gate = base + tl.sum(tl.where(slots == j, ids, 0), 0).to(tl.int64) * (2 * I * ROW_BYTES)
-            prefetch_l2(gate, nbytes)
-            prefetch_l2(gate + I * ROW_BYTES, nbytes)
+def shared_down_rows(rows, row_ok, act_ptr, act_stride, gate_ptr, sdown_ptr, S: tl.constexpr, S_P2: tl.constexpr):
+    """[BLOCK] float32: the shared expert's output rows, sigmoid(gate) * down_s[rows] (silu(g) * u), with
+    g | u = act [2S] (any stride) from the router projection."""
+    cols = tl.arange(0, S_P2)
+    ok = cols < S
+    g = tl.load(act_ptr + cols * act_stride, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(act_ptr + (S + cols) * act_stride, mask=ok, other=0.0).to(tl.float32)
+    d = tl.load(sdown_ptr + rows[:, None] * S + cols[None, :], mask=row_ok[:, None] & ok[None, :], other=0.0)
+    gate = tl.sigmoid(tl.load(gate_ptr).to(tl.float32))
+    return gate * tl.sum(d.to(tl.float32) * (g * tl.sigmoid(g) * u)[None, :], 1)
 
 
 @triton.jit
-def prefetch_down_share(down_ptr, sdown_ptr, e, slot, blk, N_BLOCKS: tl.constexpr, TOP_K: tl.constexpr,
-                        DOWN_BYTES: tl.constexpr, SDOWN_BYTES: tl.constexpr):
-    """Program (slot, blk) of kernel 1 asks L2 for its 1 / N_BLOCKS of down[e] and its 1 / (TOP_K N_BLOCKS)
-    of the shared expert's down (SDOWN_BYTES 0: none)."""
-    chunk: tl.constexpr = (DOWN_BYTES + N_BLOCKS - 1) // N_BLOCKS
-    start = blk * chunk
-    prefetch_l2(down_ptr.to(tl.pointer_type(tl.int8)) + e * DOWN_BYTES + start,
-                tl.minimum(chunk, DOWN_BYTES - start).to(tl.int32))
-    if SDOWN_BYTES > 0:
-        s_chunk: tl.constexpr = (SDOWN_BYTES + TOP_K * N_BLOCKS - 1) // (TOP_K * N_BLOCKS)
-        s_start = (slot * N_BLOCKS + blk) * s_chunk
-        prefetch_l2(sdown_ptr.to(tl.pointer_type(tl.int8)) + s_start,
-                    tl.minimum(s_chunk, SDOWN_BYTES - s_start).to(tl.int32))
+def decode_route_kernel(logits_ptr, col_stride, ids_ptr, weights_ptr, act_ptr, act_stride, gate_ptr, sdown_ptr,
+                        shared_out_ptr, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr,
+                        RENORM: tl.constexpr, PICK: tl.constexpr, H: tl.constexpr, S: tl.constexpr,
+                        S_P2: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The "kernel" router of one token. Program 0: ids [TOP_K] int32, weights [TOP_K] float32. Programs 1..
+    (BLOCK_S > 0, shared "router"): BLOCK_S rows each of the shared expert's output, float32 [H] into
+    shared_out, for kernel 2 to add."""
+    pid = tl.program_id(0)
+    if pid == 0:
+        ids, top = route_any(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
+        slots = tl.arange(0, K_P2)
+        tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
+        tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
+    elif BLOCK_S > 0:
+        rows = (pid - 1) * BLOCK_S + tl.arange(0, BLOCK_S)
+        row_ok = rows < H
+        out = shared_down_rows(rows, row_ok, act_ptr, act_stride, gate_ptr, sdown_ptr, S, S_P2)
+        tl.store(shared_out_ptr + rows, out, mask=row_ok)
 
 
 @triton.jit
@@ -189,23 +196,25 @@ def gate_up_unrolled_kernel(
     PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    down_ptr,
-    sdown_ptr,
-    DOWN_BYTES: tl.constexpr,
-    SDOWN_BYTES: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    AHEAD: tl.constexpr = 0,
 ):
     """The "unrolled" kernel 1: a flat grid of TOP_K * cdiv(I, BLOCK_I) programs, slot-major (neighbouring
     programs read neighbouring rows); BLOCK_I rows of gate and the same rows of up, the H steps unrolled so
     that all of the program's weight loads can be in flight at once, one step's [BLOCK_I, BLOCK_H] accumulators.
-    PREFETCH 1 / 2: at its start / end the program asks L2 for its share of kernel 2's down weights."""
+    AHEAD > 0 (ids from the router kernel): the program first asks L2 for program pid + AHEAD's rows, so that a
+    later wave finds its weights there and HBM streams through the turnover between waves."""
     n_blocks: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I
     pid = tl.program_id(0)
     slot = pid // n_blocks
     e = slot_expert(slot, pid == 0, logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
                     E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
-    if PREFETCH == 1:
-        prefetch_down_share(down_ptr, sdown_ptr, e, slot, pid % n_blocks, n_blocks, TOP_K, DOWN_BYTES, SDOWN_BYTES)
+    if AHEAD > 0:
+        q = tl.minimum(pid + AHEAD, TOP_K * n_blocks - 1)
+        row_bytes: tl.constexpr = H * w_ptr.dtype.element_ty.primitive_bitwidth // 8
+        ahead = w_ptr + tl.load(ids_ptr + q // n_blocks).to(tl.int64) * (2 * I * H) + (q % n_blocks) * BLOCK_I * H
+        nbytes = tl.where(pid + AHEAD < TOP_K * n_blocks, tl.minimum(BLOCK_I, I - (q % n_blocks) * BLOCK_I), 0) * row_bytes
+        prefetch_l2(ahead, nbytes)
+        prefetch_l2(ahead + I * H, nbytes)
     rows = (pid % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_ok = rows < I
     gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
@@ -224,8 +233,6 @@ def gate_up_unrolled_kernel(
     g = tl.sum(acc_g, 1)
     u = tl.sum(acc_u, 1)
     tl.store(h_ptr + slot * I + rows, g * tl.sigmoid(g) * u, mask=row_ok)
-    if PREFETCH == 2:
-        prefetch_down_share(down_ptr, sdown_ptr, e, slot, pid % n_blocks, n_blocks, TOP_K, DOWN_BYTES, SDOWN_BYTES)
 
 
 @triton.jit
@@ -239,18 +246,30 @@ def decode_down_kernel(
     shared_act_stride,
     shared_gate_ptr,
     shared_down_ptr,
+    shared_out_ptr,
     H: tl.constexpr,
     I: tl.constexpr,
     S: tl.constexpr,
     TOP_K: tl.constexpr,
     K_P2: tl.constexpr,
-    HAS_SHARED: tl.constexpr,
+    SHARED: tl.constexpr,
     BLOCK_OUT: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):
-    """The "tile" kernel 2: all slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step."""
+    """The "tile" kernel 2: all slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step. SHARED 0:
+    routed experts only; 1: the shared expert's down projection in a second loop; 2: its output rows added,
+    computed beside the router (shared_out [H] float32). PREFETCH: the program first asks L2 for its rows of
+    each slot's expert (one bulk request per slot, by the TMA unit)."""
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
+    if PREFETCH:
+        row0 = tl.program_id(0) * BLOCK_OUT
+        nbytes = tl.minimum(BLOCK_OUT, H - row0) * I * (down_ptr.dtype.element_ty.primitive_bitwidth // 8)
+        for j in tl.static_range(TOP_K):
+            prefetch_l2(down_ptr + tl.load(ids_ptr + j).to(tl.int64) * (H * I) + row0 * I, nbytes)
+    if SHARED == 2:
+        shared_out = tl.load(shared_out_ptr + rows, mask=row_ok, other=0.0)
     slots = tl.arange(0, K_P2)
     slot_ok = slots < TOP_K
     e = tl.load(ids_ptr + slots, mask=slot_ok, other=0).to(tl.int64)  # [K_P2]
@@ -265,7 +284,9 @@ def decode_down_kernel(
         hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
         acc += tl.sum(d.to(tl.float32) * hv[:, None, :], 2)
     out = tl.sum(acc * w[:, None], 0)  # [BLOCK_OUT]
-    if HAS_SHARED:
+    if SHARED == 2:
+        out += shared_out
+    if SHARED == 1:
         part = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
         for i0 in range(0, S, BLOCK_INNER):
             cols = i0 + tl.arange(0, BLOCK_INNER)
@@ -344,30 +365,36 @@ def moe_decode(
 ) -> torch.Tensor:
     """x [1, H]; router_logits [1, E]; shared = (gate|up [1, 2S] (any column stride), gate logit [1, 1],
     down [H, S]) or None -> [1, H] in x's dtype."""
-    s_down = None if shared is None else shared[2]
-    h, ids, weights = decode_gate_up(x.contiguous(), router_logits, gate_up, top_k, renormalize, cfg, down, s_down)
-    return decode_down(h, ids, weights, down, torch.empty_like(x), shared, cfg)
+    shared_out = None
+    if shared is not None and cfg.shared == "router":
+        shared_out = torch.empty((x.shape[1],), device=x.device, dtype=torch.float32)
+    h, ids, weights = decode_gate_up(x.contiguous(), router_logits, gate_up, top_k, renormalize, cfg, shared, shared_out)
+    return decode_down(h, ids, weights, down, torch.empty_like(x), shared, cfg, shared_out)
 
 
 def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg: DecodeConfig,
-                 gate_up: torch.Tensor | None = None) -> None:
-    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32; with gate_up and
-    cfg.prefetch_rows it also sends those rows of the selected experts' gate and up to L2."""
+                 shared=None, shared_out: torch.Tensor | None = None) -> None:
+    """The "kernel" router: fills ids [top_k] int32 and weights [top_k] float32; with shared_out (float32 [H])
+    its launch also computes the shared expert's output there (`moe_decode`'s shared, cfg.block_shared rows per
+    program)."""
     E = router_logits.shape[1]
-    rows = 0 if gate_up is None or INTERPRETED else min(cfg.prefetch_rows, gate_up.shape[1] // 2)
-    launch(decode_route_kernel)[(1,)](
-        router_logits, router_logits.stride(1), ids, weights, router_logits if gate_up is None else gate_up,
+    if shared_out is None:
+        act, gate, s_down, H, S, block = router_logits, router_logits, router_logits, 1, 1, 0
+    else:
+        act, gate, s_down = shared
+        (H, S), block = s_down.shape, min(cfg.block_shared, next_pow2(s_down.shape[0]))
+    launch(decode_route_kernel)[(1 + (triton.cdiv(H, block) if block else 0),)](
+        router_logits, router_logits.stride(1), ids, weights, act, act.stride(-1), gate, s_down,
+        ids if shared_out is None else shared_out,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-        PICK=PICKS.index(cfg.pick), I=1 if gate_up is None else gate_up.shape[1] // 2,
-        ROW_BYTES=1 if gate_up is None else gate_up.shape[2] * gate_up.element_size(), PREFETCH_ROWS=rows,
-        num_warps=cfg.warps_router,
+        PICK=PICKS.index(cfg.pick), H=H, S=S, S_P2=next_pow2(S), BLOCK_S=block, num_warps=cfg.warps_router,
     )
 
 
-def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg: DecodeConfig,
-                   down: torch.Tensor | None = None, shared_down: torch.Tensor | None = None):
-    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32 (routing included). down /
-    shared_down: kernel 2's weights, for cfg.prefetch_down."""
+def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg: DecodeConfig, shared=None,
+                   shared_out: torch.Tensor | None = None):
+    """-> h [top_k, I] float32, ids [top_k] int32, weights [top_k] float32 (routing included; with shared_out,
+    the shared expert's output too: `decode_route`)."""
     E, I2, H = gate_up.shape
     I = I2 // 2
     h = torch.empty((top_k, I), device=x.device, dtype=torch.float32)
@@ -375,7 +402,7 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
     weights = torch.empty((top_k,), device=x.device, dtype=torch.float32)
     inline = cfg.router == "inline"
     if not inline:
-        decode_route(router_logits, ids, weights, top_k, renormalize, cfg, gate_up)
+        decode_route(router_logits, ids, weights, top_k, renormalize, cfg, shared, shared_out)
     block_i = min(cfg.block_i, next_pow2(I))
     block_h = min(cfg.block_h, next_pow2(H))
     args = (x, router_logits, router_logits.stride(1), gate_up, h, ids, weights)
@@ -383,18 +410,15 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
                 ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up)
     if cfg.gate_up == "tile":
         launch(decode_gate_up_kernel)[(top_k, triton.cdiv(I, block_i))](*args, **meta)
-        return h, ids, weights
-    prefetch = 0 if down is None or INTERPRETED else ("none", "start", "end").index(cfg.prefetch_down)
-    launch(gate_up_unrolled_kernel)[(top_k * triton.cdiv(I, block_i),)](
-        *args, down_ptr=h if down is None else down, sdown_ptr=h if shared_down is None else shared_down, **meta,
-        DOWN_BYTES=0 if down is None else down[0].numel() * down.element_size(),
-        SDOWN_BYTES=0 if shared_down is None else shared_down.numel() * shared_down.element_size(), PREFETCH=prefetch,
-    )
+    else:
+        launch(gate_up_unrolled_kernel)[(top_k * triton.cdiv(I, block_i),)](
+            *args, **meta, AHEAD=0 if INTERPRETED else cfg.prefetch_ahead)
     return h, ids, weights
 
 
-def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig) -> torch.Tensor:
-    """out [1, H] = sum_slot weights * down_ids h (+ the gated shared expert)."""
+def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig, shared_out: torch.Tensor | None = None):
+    """out [1, H] = sum_slot weights * down_ids h (+ the gated shared expert, or its output shared_out [H]
+    float32 computed beside the router)."""
     top_k, I = h.shape
     H = down.shape[1]
     if shared is None:
@@ -408,8 +432,10 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig) -> torch.
         k_p2 = next_pow2(top_k)
         block_inner = max(16, min(next_pow2(max(I, S)), cfg.tile_down // (k_p2 * block_out)))
         launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
-            *args, H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2, HAS_SHARED=shared is not None,
-            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down,
+            *args, h if shared_out is None else shared_out, H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2,
+            SHARED=0 if shared is None else 1 if shared_out is None else 2,
+            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, PREFETCH=cfg.prefetch_down and not INTERPRETED,
+            num_warps=cfg.warps_down,
         )
     else:
         launch(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](
