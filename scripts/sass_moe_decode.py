@@ -67,10 +67,8 @@ def summary(usage: str, sass: str) -> str:
 def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
     consts = dict(H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, ROUTE=cfg.router == "inline",
                   PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
-    if cfg.gate_up == "tile":
-        return compile_sm90(D.decode_gate_up_kernel, GATE_UP_ARGS, consts, cfg.warps_gate_up)
-    return compile_sm90(D.gate_up_unrolled_kernel, GATE_UP_ARGS, {**consts, "AHEAD": cfg.prefetch_ahead},
-                        cfg.warps_gate_up)
+    fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
+    return compile_sm90(fn, GATE_UP_ARGS, consts, cfg.warps_gate_up)
 
 
 def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
@@ -78,8 +76,8 @@ def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
     if cfg.down == "tile":
         inner = max(16, min(I, cfg.tile_down // (K * cfg.block_out)))
         mode = 0 if not shared else 1 if cfg.shared == "down" else 2
-        return compile_sm90(D.decode_down_kernel, DOWN_ARGS, {**consts, "SHARED": mode, "BLOCK_INNER": inner,
-                                                              "PREFETCH": cfg.prefetch_down}, cfg.warps_down)
+        return compile_sm90(D.decode_down_kernel, DOWN_ARGS, {**consts, "SHARED": mode, "BLOCK_INNER": inner},
+                            cfg.warps_down)
     args = {k: v for k, v in DOWN_ARGS.items() if k != "shared_out_ptr"}
     return compile_sm90(D.down_unrolled_kernel, args, {**consts, "HAS_SHARED": shared, "BLOCK_INNER": cfg.block_inner},
                         cfg.warps_down)
@@ -99,12 +97,10 @@ def cases():
     yield "baseline kernel 1 (tile, inline argmax router)", gate_up(base)
     yield "unrolled kernel 1, inline packed router", gate_up(replace(new, router="inline"))
     yield "unrolled kernel 1 (id from the router kernel)", gate_up(new)
-    yield "the ops' kernel 1, prefetching 1024 programs ahead", gate_up(D.DecodeConfig(prefetch_ahead=1024))
     yield "router kernel + shared expert programs, topk, 1 warp", route(D.DecodeConfig(shared="router", block_shared=4))
     yield "baseline kernel 2 (tile), routed", down(base, False)
     yield "baseline kernel 2 (tile), + shared", down(base, True)
     yield "tile kernel 2, + shared output from the router launch", down(D.DecodeConfig(shared="router"), True)
-    yield "tile kernel 2, + shared, own rows prefetched first", down(D.DecodeConfig(prefetch_down=True), True)
     yield "unrolled kernel 2, routed", down(new, False)
     yield "unrolled kernel 2, + shared", down(new, True)
 

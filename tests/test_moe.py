@@ -512,6 +512,24 @@ def test_one_launch_layer_cuda(E, top_k, dtype, poisoned):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("cfg", SHARED_CONFIGS.values(), ids=SHARED_CONFIGS.keys())
+def test_decode_shared_configs_cuda(cfg, dtype, poisoned):
+    """Every decode design with the shared expert at Qwen3.5-35B-A3B shapes (the shared expert's down
+    projection fused into kernel 2 or beside the routing program), fresh inputs each trial."""
+    E, H, I, S, k = 256, 2048, 512, 512, 8
+    gate_up, down = make_weights(E, H, I, dtype, "cuda")
+    shared_down = (torch.randn(H, S, device="cuda") * S**-0.5).to(dtype)
+    for _ in range(3):
+        x = torch.randn(1, H, device="cuda").to(dtype)
+        router_shared = torch.randn(1, E + 2 * S + 1, device="cuda").to(dtype)
+        got = op.moe_shared_triton(x, router_shared, gate_up, down, shared_down, k, True, decode_cfg=cfg)
+        want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, True)
+        assert got.dtype == dtype and not got.isnan().any()
+        assert (got.double() - want).abs().max().item() <= TOL[dtype] * want.abs().max().item()
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("T", [1, 333])
 def test_gdn_moe_shared_cuda(T, poisoned):
     E, H, I, S, k = 256, 2048, 512, 512, 8

@@ -23,9 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRETED, launch, next_pow2
-from .prefetch import prefetch_l2
-from .route import PICKS, route_any
+from .launch import launch, next_pow2
+from .route import PICKS, route_any, route_store
 
 CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "unrolled"),
            "down": ("tile", "unrolled"), "shared": ("down", "router")}
@@ -52,20 +51,11 @@ class DecodeConfig:
     # launch ("router"), beside the one routing program, on the SMs that routing leaves idle
     shared: str = "down"
     block_shared: int = 8  # "router": shared-expert output rows per program
-    # L2 bulk prefetch by the TMA unit (sm_90; skipped when interpreted): the "unrolled" kernel 1's program p
-    # asks for the rows of program p + prefetch_ahead; the "tile" kernel 2 asks for its own rows before loading
-    prefetch_ahead: int = 0
-    prefetch_down: bool = False
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DecodeConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.prefetch_ahead and (self.router, self.gate_up) != ("kernel", "unrolled"):
-            raise ValueError(f"DecodeConfig.prefetch_ahead needs router 'kernel' and gate_up 'unrolled', got "
-                             f"{self.router!r} and {self.gate_up!r}")
-        if self.prefetch_down and self.down != "tile":
-            raise ValueError(f"DecodeConfig.prefetch_down needs down 'tile', got {self.down!r}")
         if self.shared == "router" and (self.router, self.down) != ("kernel", "tile"):
             raise ValueError(f"DecodeConfig.shared 'router' needs router 'kernel' and down 'tile', got "
                              f"{self.router!r} and {self.down!r}")
@@ -120,10 +110,7 @@ def decode_route_kernel(logits_ptr, col_stride, ids_ptr, weights_ptr, act_ptr, a
     shared_out, for kernel 2 to add."""
     pid = tl.program_id(0)
     if pid == 0:
-        ids, top = route_any(logits_ptr, 0, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
-        slots = tl.arange(0, K_P2)
-        tl.store(ids_ptr + slots, ids, mask=slots < TOP_K)
-        tl.store(weights_ptr + slots, top, mask=slots < TOP_K)
+        route_store(0, logits_ptr, 0, col_stride, ids_ptr, weights_ptr, E, E_P2, TOP_K, K_P2, RENORM, PICK)
     elif BLOCK_S > 0:
         rows = (pid - 1) * BLOCK_S + tl.arange(0, BLOCK_S)
         row_ok = rows < H
@@ -196,25 +183,15 @@ def gate_up_unrolled_kernel(
     PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    AHEAD: tl.constexpr = 0,
 ):
     """The "unrolled" kernel 1: a flat grid of TOP_K * cdiv(I, BLOCK_I) programs, slot-major (neighbouring
     programs read neighbouring rows); BLOCK_I rows of gate and the same rows of up, the H steps unrolled so
-    that all of the program's weight loads can be in flight at once, one step's [BLOCK_I, BLOCK_H] accumulators.
-    AHEAD > 0 (ids from the router kernel): the program first asks L2 for program pid + AHEAD's rows, so that a
-    later wave finds its weights there and HBM streams through the turnover between waves."""
+    that all of the program's weight loads can be in flight at once, one step's [BLOCK_I, BLOCK_H] accumulators."""
     n_blocks: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I
     pid = tl.program_id(0)
     slot = pid // n_blocks
     e = slot_expert(slot, pid == 0, logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
                     E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
-    if AHEAD > 0:
-        q = tl.minimum(pid + AHEAD, TOP_K * n_blocks - 1)
-        row_bytes: tl.constexpr = H * w_ptr.dtype.element_ty.primitive_bitwidth // 8
-        ahead = w_ptr + tl.load(ids_ptr + q // n_blocks).to(tl.int64) * (2 * I * H) + (q % n_blocks) * BLOCK_I * H
-        nbytes = tl.where(pid + AHEAD < TOP_K * n_blocks, tl.minimum(BLOCK_I, I - (q % n_blocks) * BLOCK_I), 0) * row_bytes
-        prefetch_l2(ahead, nbytes)
-        prefetch_l2(ahead + I * H, nbytes)
     rows = (pid % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
     row_ok = rows < I
     gate_ptrs = w_ptr + e * (2 * I * H) + rows[:, None] * H  # [BLOCK_I, 1]
@@ -255,19 +232,12 @@ def decode_down_kernel(
     SHARED: tl.constexpr,
     BLOCK_OUT: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
-    PREFETCH: tl.constexpr = False,
 ):
     """The "tile" kernel 2: all slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step. SHARED 0:
     routed experts only; 1: the shared expert's down projection in a second loop; 2: its output rows added,
-    computed beside the router (shared_out [H] float32). PREFETCH: the program first asks L2 for its rows of
-    each slot's expert (one bulk request per slot, by the TMA unit)."""
+    computed beside the router (shared_out [H] float32)."""
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
-    if PREFETCH:
-        row0 = tl.program_id(0) * BLOCK_OUT
-        nbytes = tl.minimum(BLOCK_OUT, H - row0) * I * (down_ptr.dtype.element_ty.primitive_bitwidth // 8)
-        for j in tl.static_range(TOP_K):
-            prefetch_l2(down_ptr + tl.load(ids_ptr + j).to(tl.int64) * (H * I) + row0 * I, nbytes)
     if SHARED == 2:
         shared_out = tl.load(shared_out_ptr + rows, mask=row_ok, other=0.0)
     slots = tl.arange(0, K_P2)
@@ -405,14 +375,15 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
         decode_route(router_logits, ids, weights, top_k, renormalize, cfg, shared, shared_out)
     block_i = min(cfg.block_i, next_pow2(I))
     block_h = min(cfg.block_h, next_pow2(H))
-    args = (x, router_logits, router_logits.stride(1), gate_up, h, ids, weights)
-    meta = dict(H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
-                ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up)
     if cfg.gate_up == "tile":
-        launch(decode_gate_up_kernel)[(top_k, triton.cdiv(I, block_i))](*args, **meta)
+        kernel, grid = decode_gate_up_kernel, (top_k, triton.cdiv(I, block_i))
     else:
-        launch(gate_up_unrolled_kernel)[(top_k * triton.cdiv(I, block_i),)](
-            *args, **meta, AHEAD=0 if INTERPRETED else cfg.prefetch_ahead)
+        kernel, grid = gate_up_unrolled_kernel, (top_k * triton.cdiv(I, block_i),)
+    launch(kernel)[grid](
+        x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
+        H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
+        ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
+    )
     return h, ids, weights
 
 
@@ -434,8 +405,7 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig, shared_ou
         launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
             *args, h if shared_out is None else shared_out, H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2,
             SHARED=0 if shared is None else 1 if shared_out is None else 2,
-            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, PREFETCH=cfg.prefetch_down and not INTERPRETED,
-            num_warps=cfg.warps_down,
+            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down,
         )
     else:
         launch(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](

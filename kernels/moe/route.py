@@ -62,7 +62,14 @@ def route_kernel(
     PICK: tl.constexpr,
 ):
     """One program per token: ids [T, TOP_K] int32, weights [T, TOP_K] float32."""
-    t = tl.program_id(0).to(tl.int64)
+    route_store(tl.program_id(0).to(tl.int64), logits_ptr, row_stride, col_stride, ids_ptr, weights_ptr,
+                E, E_P2, TOP_K, K_P2, RENORM, PICK)
+
+
+@triton.jit
+def route_store(t, logits_ptr, row_stride, col_stride, ids_ptr, weights_ptr, E: tl.constexpr, E_P2: tl.constexpr,
+                TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr, PICK: tl.constexpr):
+    """Token t's routing into ids [T, TOP_K] int32 and weights [T, TOP_K] float32."""
     ids, top = route_any(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
     slots = tl.arange(0, K_P2)
     tl.store(ids_ptr + t * TOP_K + slots, ids, mask=slots < TOP_K)

@@ -12,8 +12,7 @@ the launch cost of an almost empty graph.
 flush: the same calls after each way of flushing L2 (bench_moe.FLUSH_MODE).
 variants: the model's layer under other decode kernel configs.
 projection: the model's layer under other blocks of its gdn::gemv projection.
-configs: the model's layer with the shared expert's down projection in kernel 2 or in the router's launch, and
-with L2 bulk prefetches (DecodeConfig.prefetch_ahead, prefetch_down).
+configs: the model's layer with the shared expert's down projection in kernel 2 or in the router's launch.
 kernels: per-kernel durations (profiler) of the model's layer under those configs.
 
     python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants|projection|configs|kernels ...
@@ -225,22 +224,20 @@ def projection(w) -> None:
               f"projection alone {alone:.2f} us", flush=True)
 
 
-CONFIGS = [DecodeConfig()] + [replace(DecodeConfig(), **kw) for kw in (
-    dict(shared="router", block_shared=8, warps_router=4), dict(prefetch_ahead=1056), dict(prefetch_ahead=528),
-    dict(prefetch_ahead=1584), dict(prefetch_down=True), dict(prefetch_ahead=1056, prefetch_down=True),
-    dict(prefetch_ahead=1056, shared="router", block_shared=8, warps_router=4),
-    dict(prefetch_ahead=1056, prefetch_down=True, shared="router", block_shared=8, warps_router=4))]
+CONFIGS = [DecodeConfig()] + [replace(DecodeConfig(), shared="router", **kw) for kw in (
+    dict(block_shared=4), dict(block_shared=2), dict(block_shared=8, warps_router=4),
+    dict(block_shared=16, warps_router=4), dict(block_shared=4, warps_router=2))]
 
 
 def name(cfg: DecodeConfig) -> str:
-    return (f"shared {cfg.shared} (block {cfg.block_shared}, router warps {cfg.warps_router}), prefetch ahead "
-            f"{cfg.prefetch_ahead}, prefetch down {cfg.prefetch_down}")
+    return f"shared {cfg.shared} (block {cfg.block_shared}, router warps {cfg.warps_router})"
 
 
 def configs(w) -> None:
     """The model's layer under CONFIGS: the shared expert's down projection fused into kernel 2 (the op's
-    default) or computed beside the routing program in the router's launch; L2 bulk prefetches. Error against
-    float64 over fresh inputs, one layer per graph and CHAIN layers per graph."""
+    default) or computed beside the routing program in the router's launch. Error against float64 over fresh
+    inputs, one layer per graph and CHAIN layers per graph (the L2 prefetch configs of session 14 ran here too:
+    commit b9887ec)."""
     bw = bm.copy_bandwidth()
     nbytes = bm.layer_bytes()[0]
     sets = [w] + [bm.weights() for _ in range(CHAIN - 1)]
