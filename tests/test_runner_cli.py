@@ -1,5 +1,6 @@
-"""End to end on CPU: gdn-export the bundled default model, then gdn-run it (in-process and as a console
-script): greedy tokens equal the eager model's, streaming, chat, stats, seeds, and every bad input."""
+"""End to end on CPU: the bundled default model's artifact (gdn-export with no checkpoint given: conftest's
+`cpu_artifacts`), run by gdn-run in-process and as a console script: greedy tokens equal the eager model's,
+streaming, chat, stats, seeds, and every bad input."""
 
 import json
 import subprocess
@@ -9,20 +10,14 @@ from pathlib import Path
 import pytest
 
 from gdn.runner.cli import main
+from cpu_exports import DEFAULT_MAX_SEQ as MAX_SEQ
 from runner_eager import (DEFAULT_MODEL, DEFAULT_STOP_IDS, DEFAULT_VOCAB, greedy_reference, load_eager, random_ids,
                           tokenizer_json)
 
-MAX_SEQ = 64
-
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "model.pte"
-    cmd = [sys.executable, "-m", "gdn.export.cli", str(out), "--backend", "cpu", "--max-seq-len", str(MAX_SEQ),
-           "--max-prefill-chunk", "16", "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
+def artifact(cpu_artifacts) -> Path:
+    return cpu_artifacts["default"][1]
 
 
 @pytest.fixture(scope="module")
