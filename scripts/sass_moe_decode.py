@@ -65,9 +65,9 @@ def summary(usage: str, sass: str) -> str:
 
 
 def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
+    fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
     consts = dict(H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, ROUTE=cfg.router == "inline",
                   PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
-    fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
     return compile_sm90(fn, GATE_UP_ARGS, consts, cfg.warps_gate_up)
 
 

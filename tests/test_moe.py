@@ -160,16 +160,22 @@ def test_decode_configs_interpreted(cfg, E, top_k, H, I, mode, renorm, dtype, po
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("cfg", SHARED_CONFIGS.values(), ids=SHARED_CONFIGS.keys())
 def test_decode_shared_configs_interpreted(cfg, dtype, poisoned):
-    """The fused shared expert in every decode design; S differs from I and is not a power of 2."""
-    E, H, I, S, k = 16, 48, 32, 40, 4
-    x = torch.randn(1, H).to(dtype)
-    router_shared = torch.randn(1, E + 2 * S + 1).to(dtype)
-    gate_up, down = make_weights(E, H, I, dtype, "cpu")
-    shared_down = (torch.randn(H, S) * S**-0.5).to(dtype)
-    got = op.moe_shared_triton(x, router_shared, gate_up, down, shared_down, k, False, decode_cfg=cfg)
-    want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, False)
-    assert got.dtype == dtype and not got.isnan().any()
-    assert (got.double() - want).abs().max().item() <= TOL[dtype] * want.abs().max().item()
+    """The shared expert (in kernel 2 or beside the router) in every decode design; S differs from I and is
+    not a power of 2."""
+    check_shared_decode(cfg, 16, 48, 32, 40, 4, False, dtype, "cpu", trials=1)
+
+
+def check_shared_decode(cfg, E, H, I, S, k, renorm, dtype, device, trials):
+    """moe_shared_triton at T == 1 under cfg against float64, fresh inputs each trial."""
+    gate_up, down = make_weights(E, H, I, dtype, device)
+    shared_down = (torch.randn(H, S, device=device) * S**-0.5).to(dtype)
+    for _ in range(trials):
+        x = torch.randn(1, H, device=device).to(dtype)
+        router_shared = torch.randn(1, E + 2 * S + 1, device=device).to(dtype)
+        got = op.moe_shared_triton(x, router_shared, gate_up, down, shared_down, k, renorm, decode_cfg=cfg)
+        want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, renorm)
+        assert got.dtype == dtype and not got.isnan().any()
+        assert (got.double() - want).abs().max().item() <= TOL[dtype] * want.abs().max().item()
 
 
 def layer_inputs(E: int, H: int, I: int, S: int, dtype, device):
@@ -517,16 +523,7 @@ def test_one_launch_layer_cuda(E, top_k, dtype, poisoned):
 def test_decode_shared_configs_cuda(cfg, dtype, poisoned):
     """Every decode design with the shared expert at Qwen3.5-35B-A3B shapes (the shared expert's down
     projection fused into kernel 2 or beside the routing program), fresh inputs each trial."""
-    E, H, I, S, k = 256, 2048, 512, 512, 8
-    gate_up, down = make_weights(E, H, I, dtype, "cuda")
-    shared_down = (torch.randn(H, S, device="cuda") * S**-0.5).to(dtype)
-    for _ in range(3):
-        x = torch.randn(1, H, device="cuda").to(dtype)
-        router_shared = torch.randn(1, E + 2 * S + 1, device="cuda").to(dtype)
-        got = op.moe_shared_triton(x, router_shared, gate_up, down, shared_down, k, True, decode_cfg=cfg)
-        want = reference.moe_shared_float64(x, router_shared, gate_up, down, shared_down, k, True)
-        assert got.dtype == dtype and not got.isnan().any()
-        assert (got.double() - want).abs().max().item() <= TOL[dtype] * want.abs().max().item()
+    check_shared_decode(cfg, 256, 2048, 512, 512, 8, True, dtype, "cuda", trials=3)
 
 
 @pytest.mark.cuda

@@ -12,6 +12,8 @@ sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed. `Deco
   expert's rows in a second loop); "unrolled": the column steps unrolled, so that no weight load waits on the
   math of another step, x / h loaded without a trip through shared memory, and in kernel 2 the shared expert's
   rows loaded beside the routed ones.
+- shared "down": the shared expert's down projection inside kernel 2; "router": in the router kernel's launch,
+  beside the routing program, and kernel 2 adds its output rows.
 `BASELINE` is the design measured in runs 1-3, `UNROLLED` the unrolled kernels; scripts/sass_moe_decode.py shows the kernels' SASS load order.
 """
 
