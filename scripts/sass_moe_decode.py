@@ -64,21 +64,27 @@ def summary(usage: str, sass: str) -> str:
             f"barriers {bars_before:>2} before it / {bars:>2} in all")
 
 
+def grid_args(cfg: D.DecodeConfig) -> dict:
+    """PDL and GDC as the kernels get them on a GPU (this compile is for one, interpreter or not)."""
+    return {"PDL": cfg.pdl != "off", "GDC": cfg.pdl != "off"}
+
+
 def gate_up(cfg: D.DecodeConfig) -> tuple[str, str]:
     fn = D.decode_gate_up_kernel if cfg.gate_up == "tile" else D.gate_up_unrolled_kernel
     consts = dict(H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, ROUTE=cfg.router == "inline",
-                  PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h)
+                  PICK=PICKS.index(cfg.pick), BLOCK_I=cfg.block_i, BLOCK_H=cfg.block_h, **grid_args(cfg))
     return compile_sm90(fn, GATE_UP_ARGS, consts, cfg.warps_gate_up)
 
 
 def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
-    consts = dict(H=H, I=I, S=S, TOP_K=K, BLOCK_OUT=cfg.block_out, K_P2=K)
+    consts = dict(H=H, I=I, S=S, TOP_K=K, BLOCK_OUT=cfg.block_out, K_P2=K, **grid_args(cfg))
     if cfg.down == "tile":
-        inner = max(16, min(I, cfg.tile_down // (K * cfg.block_out)))
+        inner = max(I, S) if cfg.pdl != "off" else max(16, min(I, cfg.tile_down // (K * cfg.block_out)))
         mode = 0 if not shared else 1 if cfg.shared == "down" else 2
         return compile_sm90(D.decode_down_kernel, DOWN_ARGS, {**consts, "SHARED": mode, "BLOCK_INNER": inner},
                             cfg.warps_down)
     args = {k: v for k, v in DOWN_ARGS.items() if k != "shared_out_ptr"}
+    consts.pop("PDL"), consts.pop("GDC")
     return compile_sm90(D.down_unrolled_kernel, args, {**consts, "HAS_SHARED": shared, "BLOCK_INNER": cfg.block_inner},
                         cfg.warps_down)
 
@@ -86,7 +92,7 @@ def down(cfg: D.DecodeConfig, shared: bool) -> tuple[str, str]:
 def route(cfg: D.DecodeConfig) -> tuple[str, str]:
     block = cfg.block_shared if cfg.shared == "router" else 0
     consts = dict(E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True, PICK=PICKS.index(cfg.pick), H=H, S=S, S_P2=S,
-                  BLOCK_S=block)
+                  BLOCK_S=block, **grid_args(cfg))
     return compile_sm90(D.decode_route_kernel, ROUTE_ARGS, consts, cfg.warps_router)
 
 
@@ -103,6 +109,9 @@ def cases():
     yield "tile kernel 2, + shared output from the router launch", down(D.DecodeConfig(shared="router"), True)
     yield "unrolled kernel 2, routed", down(new, False)
     yield "unrolled kernel 2, + shared", down(new, True)
+    yield "tile kernel 2 under PDL, + shared (weights before the wait)", down(D.DecodeConfig(pdl="on"), True)
+    yield "tile kernel 2 under PDL, + shared output from the router launch", \
+        down(D.DecodeConfig(pdl="on", shared="router"), True)
 
 
 def main() -> int:

@@ -55,11 +55,13 @@ CPU_SHAPES = [(1, 16), (63, 65), (65, 1000), (200, 37)]
 
 
 @interpreted
+@pytest.mark.parametrize("pdl", ["off", "on"])
 @pytest.mark.parametrize("act", ref.ACTS)
 @pytest.mark.parametrize("dt", list(DTYPES))
 @pytest.mark.parametrize("N,K", CPU_SHAPES, ids=[f"N{n}-K{k}" for n, k in CPU_SHAPES])
-def test_gemv_cpu(N, K, dt, act):
-    gemv_matches(N, K, act, DTYPES[dt], "cpu", GemvConfig(block_n=8, block_k=64))
+def test_gemv_cpu(N, K, dt, act, pdl):
+    """pdl "on": the PDL form (one step over K, weights before the grid wait), in stream order here."""
+    gemv_matches(N, K, act, DTYPES[dt], "cpu", GemvConfig(block_n=8, block_k=64, pdl=pdl))
 
 
 @interpreted
@@ -97,6 +99,16 @@ def test_gemv_cuda(name, dt):
     N, K = SHAPES_2B[name]
     for act in ref.ACTS:
         gemv_matches(N, K, act, DTYPES[dt], "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dt", list(DTYPES))
+@pytest.mark.parametrize("name", ["out_proj", "down"])
+def test_gemv_pdl_cuda(name, dt):
+    """Under programmatic dependent launch (weights loaded before the grid wait, one step over K)."""
+    N, K = SHAPES_2B[name]
+    for act in ref.ACTS:
+        gemv_matches(N, K, act, DTYPES[dt], "cuda", GemvConfig(4, 1024, 4, pdl="on"))
 
 
 @pytest.mark.cuda

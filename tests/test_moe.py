@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn.kernels.gemv.triton_gemv import GemvConfig, gemv
 from gdn.kernels.moe import op, reference
 from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_route
 from gdn.kernels.moe import decode_layer
@@ -132,10 +133,13 @@ DECODE_CONFIGS = {  # the inline router runs in every kernel-1 program, slow in 
     "unrolled-argmax-small": replace(UNROLLED, pick="argmax", block_i=2, block_h=16, block_out=2, block_inner=16,
                                      warps_router=4),
     "tile-routerkernel-small": DecodeConfig(router="kernel", gate_up="tile", down="tile", block_h=16, tile_down=64),
+    # the PDL form (weights before the grid wait); the interpreter launches it in stream order
+    "pdl": DecodeConfig(pdl="on"),
 }
 # the shared expert's down projection beside the router program: one block per 4 rows, and one block past H
 SHARED_CONFIGS = {**DECODE_CONFIGS, "shared-router": DecodeConfig(shared="router", block_shared=4),
-                  "shared-router-masked": DecodeConfig(shared="router", block_shared=32, warps_router=4)}
+                  "shared-router-masked": DecodeConfig(shared="router", block_shared=32, warps_router=4),
+                  "pdl-shared-router": DecodeConfig(shared="router", block_shared=4, pdl="on")}
 DECODE_SHAPES = [(8, 2, 48, 20), (64, 8, 64, 24), (64, 10, 40, 24)]  # (E, top_k, H, I); H, I not powers of 2 too
 DECODE_ROUTES = [("random", True), ("ties", True), ("ties", False), ("cold", False)]
 ROUTE_IDS = [f"{mode}-{'renorm' if renorm else 'fullsoftmax'}" for mode, renorm in DECODE_ROUTES]
@@ -524,6 +528,46 @@ def test_decode_shared_configs_cuda(cfg, dtype, poisoned):
     """Every decode design with the shared expert at Qwen3.5-35B-A3B shapes (the shared expert's down
     projection fused into kernel 2 or beside the routing program), fresh inputs each trial."""
     check_shared_decode(cfg, 256, 2048, 512, 512, 8, True, dtype, "cuda", trials=3)
+
+
+PDL_CONFIGS = {k: SHARED_CONFIGS[k] for k in ("pdl", "pdl-shared-router")}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg", PDL_CONFIGS.values(), ids=PDL_CONFIGS.keys())
+def test_decode_pdl_chain_cuda(cfg):
+    """Three layers (projection + MoE, each its own weights, fed the last output) in one CUDA graph, all
+    kernels launched with PDL, replayed on fresh inputs: bit-equal each time to the same kernels launched in
+    stream order ("serial"). A kernel that reads or writes before its grid wait what an earlier one still
+    writes would move the output."""
+    E, H, I, S, k = 256, 2048, 512, 512, 8
+    layers = [layer_inputs(E, H, I, S, torch.bfloat16, "cuda")[1:] for _ in range(3)]
+    proj = GemvConfig(4, 2048, 4, pdl="on")
+
+    def chain(x, dcfg, pcfg):
+        for w_rs, gate_up, down, shared_down in layers:
+            x = op.moe_shared_triton(x, gemv(x, w_rs, "none", pcfg), gate_up, down, shared_down, k, True,
+                                     decode_cfg=dcfg)
+        return x
+
+    def capture(dcfg, pcfg):
+        x = torch.randn(1, H, device="cuda").bfloat16()
+        chain(x, dcfg, pcfg)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = chain(x, dcfg, pcfg)
+        return g, x, y
+
+    (g, x, y), (g0, x0, y0) = capture(cfg, proj), capture(replace(cfg, pdl="serial"), replace(proj, pdl="serial"))
+    for _ in range(20):
+        x.copy_(torch.randn(1, H, device="cuda").bfloat16())
+        x0.copy_(x)
+        y.fill_(float("nan"))
+        g.replay()
+        g0.replay()
+        torch.cuda.synchronize()
+        assert not y.isnan().any() and torch.equal(y, y0)
 
 
 @pytest.mark.cuda

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ..gated_delta_rule.launch import launcher
+from ..pdl import grid_release, grid_wait, pdl_args
 from .reference import ACTS
 
 
@@ -24,6 +25,9 @@ class GemvConfig:
     block_n: int = 4  # output rows per program
     block_k: int = 1024  # weight columns per step
     warps: int = 4
+    # programmatic dependent launch (kernels/pdl.py): the weights load before waiting for the kernel that
+    # wrote x, in one step (block_k covers K)
+    pdl: str = "off"
 
 
 def default_config(K: int) -> GemvConfig:
@@ -33,25 +37,40 @@ def default_config(K: int) -> GemvConfig:
 
 
 @triton.jit
+def _activation(x_ptr, cols, col_ok, K: tl.constexpr, SILU_MUL: tl.constexpr):
+    """[BK] float32 input columns: x, or silu(gate) * up rounded to x's dtype once, as the reference does."""
+    if SILU_MUL:
+        g = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0).to(tl.float32)
+        return (g * tl.sigmoid(g) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, y_ptr, s_wn,
     N: tl.constexpr, K: tl.constexpr, SILU_MUL: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PDL: tl.constexpr,
+    GDC: tl.constexpr,
 ):
+    grid_release(GDC)
     rows = tl.program_id(0) * BN + tl.arange(0, BN)
     row_ok = rows < N
-    acc = tl.zeros([BN, BK], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        cols = k0 + tl.arange(0, BK)
+    if PDL:
+        cols = tl.arange(0, BK)
         col_ok = cols < K
-        if SILU_MUL:
-            g = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            u = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0).to(tl.float32)
-            # rounded to x's dtype once, as the reference does
-            a = (g * tl.sigmoid(g) * u).to(x_ptr.dtype.element_ty).to(tl.float32)  # [BK]
-        else:
-            a = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        acc += w.to(tl.float32) * a[None, :]  # [BN, BK]
+        grid_wait(GDC)
+        acc = w.to(tl.float32) * _activation(x_ptr, cols, col_ok, K, SILU_MUL)[None, :]  # [BN, BK]
+    else:
+        acc = tl.zeros([BN, BK], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            cols = k0 + tl.arange(0, BK)
+            col_ok = cols < K
+            a = _activation(x_ptr, cols, col_ok, K, SILU_MUL)  # [BK]
+            w = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                        other=0.0)
+            acc += w.to(tl.float32) * a[None, :]  # [BN, BK]
     tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -71,7 +90,10 @@ def gemv(
     y = torch.empty((1, N), dtype=x.dtype, device=x.device) if out is None else out
     bn = min(cfg.block_n, triton.next_power_of_2(N))
     bk = min(cfg.block_k, max(16, triton.next_power_of_2(K)))
+    pdl = pdl_args(cfg.pdl)
+    if pdl["PDL"]:
+        bk = max(16, triton.next_power_of_2(K))
     launcher(_gemv_kernel)[(triton.cdiv(N, bn),)](
-        x, w, y, w.stride(0), N=N, K=K, SILU_MUL=act == "silu_mul", BN=bn, BK=bk, num_warps=cfg.warps,
+        x, w, y, w.stride(0), N=N, K=K, SILU_MUL=act == "silu_mul", BN=bn, BK=bk, num_warps=cfg.warps, **pdl,
     )
     return y

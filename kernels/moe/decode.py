@@ -25,11 +25,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ..pdl import MODES as PDL_MODES, grid_release, grid_wait, pdl_args
 from .launch import launch, next_pow2
 from .route import PICKS, route_any, route_store
 
 CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "unrolled"),
-           "down": ("tile", "unrolled"), "shared": ("down", "router")}
+           "down": ("tile", "unrolled"), "shared": ("down", "router"), "pdl": PDL_MODES}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class DecodeConfig:
     # launch ("router"), beside the one routing program, on the SMs that routing leaves idle
     shared: str = "down"
     block_shared: int = 8  # "router": shared-expert output rows per program
+    # programmatic dependent launch (kernels/pdl.py): each kernel starts while the one before it drains;
+    # kernel 2 loads its weights before waiting for kernel 1's h
+    pdl: str = "off"
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -61,6 +65,10 @@ class DecodeConfig:
         if self.shared == "router" and (self.router, self.down) != ("kernel", "tile"):
             raise ValueError(f"DecodeConfig.shared 'router' needs router 'kernel' and down 'tile', got "
                              f"{self.router!r} and {self.down!r}")
+        # kernel 2 reads the router's ids before its wait: they must come from a launch before kernel 1
+        if self.pdl != "off" and (self.router, self.down) != ("kernel", "tile"):
+            raise ValueError(f"DecodeConfig.pdl needs router 'kernel' and down 'tile', got {self.router!r} and "
+                             f"{self.down!r}")
 
 
 BASELINE = DecodeConfig(router="inline", pick="argmax", gate_up="tile", down="tile", block_i=4, block_h=2048,
@@ -106,11 +114,14 @@ def shared_down_rows(rows, row_ok, act_ptr, act_stride, gate_ptr, sdown_ptr, S: 
 def decode_route_kernel(logits_ptr, col_stride, ids_ptr, weights_ptr, act_ptr, act_stride, gate_ptr, sdown_ptr,
                         shared_out_ptr, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr,
                         RENORM: tl.constexpr, PICK: tl.constexpr, H: tl.constexpr, S: tl.constexpr,
-                        S_P2: tl.constexpr, BLOCK_S: tl.constexpr):
+                        S_P2: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr, GDC: tl.constexpr):
     """The "kernel" router of one token. Program 0: ids [TOP_K] int32, weights [TOP_K] float32. Programs 1..
     (BLOCK_S > 0, shared "router"): BLOCK_S rows each of the shared expert's output, float32 [H] into
     shared_out, for kernel 2 to add."""
     pid = tl.program_id(0)
+    # kernel 1 may start at once: its programs wait for this launch to finish before reading anything
+    grid_release(GDC)
+    grid_wait(GDC)
     if pid == 0:
         route_store(0, logits_ptr, 0, col_stride, ids_ptr, weights_ptr, E, E_P2, TOP_K, K_P2, RENORM, PICK)
     elif BLOCK_S > 0:
@@ -140,10 +151,15 @@ def decode_gate_up_kernel(
     PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr,
+    GDC: tl.constexpr,
 ):
     """The "tile" kernel 1: grid (TOP_K, I / BLOCK_I), [BLOCK_I, BLOCK_H] accumulators, H walked by a loop."""
     slot = tl.program_id(0)
     pid_i = tl.program_id(1)
+    grid_wait(GDC)
+    # after the wait, so that kernel 2's early loads of the router's ids find them written
+    grid_release(GDC)
     e = slot_expert(slot, (slot == 0) & (pid_i == 0), logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
                     E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
     rows = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -185,6 +201,8 @@ def gate_up_unrolled_kernel(
     PICK: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr,
+    GDC: tl.constexpr,
 ):
     """The "unrolled" kernel 1: a flat grid of TOP_K * cdiv(I, BLOCK_I) programs, slot-major (neighbouring
     programs read neighbouring rows); BLOCK_I rows of gate and the same rows of up, the H steps unrolled so
@@ -192,6 +210,9 @@ def gate_up_unrolled_kernel(
     n_blocks: tl.constexpr = (I + BLOCK_I - 1) // BLOCK_I
     pid = tl.program_id(0)
     slot = pid // n_blocks
+    grid_wait(GDC)
+    # after the wait, so that kernel 2's early loads of the router's ids find them written
+    grid_release(GDC)
     e = slot_expert(slot, pid == 0, logits_ptr, logits_col_stride, ids_ptr, weights_ptr,
                     E, E_P2, TOP_K, K_P2, RENORM, ROUTE, PICK)
     rows = (pid % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -234,10 +255,14 @@ def decode_down_kernel(
     SHARED: tl.constexpr,
     BLOCK_OUT: tl.constexpr,
     BLOCK_INNER: tl.constexpr,
+    PDL: tl.constexpr,
+    GDC: tl.constexpr,
 ):
     """The "tile" kernel 2: all slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step. SHARED 0:
     routed experts only; 1: the shared expert's down projection in a second loop; 2: its output rows added,
-    computed beside the router (shared_out [H] float32)."""
+    computed beside the router (shared_out [H] float32). PDL (one step, BLOCK_INNER >= I and S): the weights,
+    ids and shared inputs, all written before kernel 1 ran, are loaded before waiting for kernel 1's h."""
+    grid_release(GDC)
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
     if SHARED == 2:
@@ -248,28 +273,43 @@ def decode_down_kernel(
     w = tl.load(weights_ptr + slots, mask=slot_ok, other=0.0)  # [K_P2]
     row_base = e[:, None, None] * (H * I) + rows[None, :, None] * I  # [K_P2, BLOCK_OUT, 1]
     row_mask = slot_ok[:, None, None] & row_ok[None, :, None]
-    acc = tl.zeros([K_P2, BLOCK_OUT], dtype=tl.float32)
-    for i0 in range(0, I, BLOCK_INNER):
-        cols = i0 + tl.arange(0, BLOCK_INNER)
+    if PDL:
+        cols = tl.arange(0, BLOCK_INNER)
         col_ok = cols < I
         d = tl.load(down_ptr + row_base + cols[None, None, :], mask=row_mask & col_ok[None, None, :], other=0.0)
+        if SHARED == 1:
+            shared = shared_down_rows(rows, row_ok, shared_act_ptr, shared_act_stride, shared_gate_ptr,
+                                      shared_down_ptr, S, BLOCK_INNER)
+        grid_wait(GDC)
         hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
-        acc += tl.sum(d.to(tl.float32) * hv[:, None, :], 2)
+        acc = tl.sum(d.to(tl.float32) * hv[:, None, :], 2)  # [K_P2, BLOCK_OUT]
+    else:
+        acc = tl.zeros([K_P2, BLOCK_OUT], dtype=tl.float32)
+        for i0 in range(0, I, BLOCK_INNER):
+            cols = i0 + tl.arange(0, BLOCK_INNER)
+            col_ok = cols < I
+            d = tl.load(down_ptr + row_base + cols[None, None, :], mask=row_mask & col_ok[None, None, :], other=0.0)
+            hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :],
+                         other=0.0)
+            acc += tl.sum(d.to(tl.float32) * hv[:, None, :], 2)
     out = tl.sum(acc * w[:, None], 0)  # [BLOCK_OUT]
     if SHARED == 2:
         out += shared_out
     if SHARED == 1:
-        part = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
-        for i0 in range(0, S, BLOCK_INNER):
-            cols = i0 + tl.arange(0, BLOCK_INNER)
-            col_ok = cols < S
-            g = tl.load(shared_act_ptr + cols * shared_act_stride, mask=col_ok, other=0.0).to(tl.float32)
-            u = tl.load(shared_act_ptr + (S + cols) * shared_act_stride, mask=col_ok, other=0.0).to(tl.float32)
-            d = tl.load(shared_down_ptr + rows[:, None] * S + cols[None, :],
-                        mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            part += d.to(tl.float32) * (g * tl.sigmoid(g) * u)[None, :]
-        gate = tl.load(shared_gate_ptr).to(tl.float32)
-        out += tl.sigmoid(gate) * tl.sum(part, 1)
+        if PDL:
+            out += shared
+        else:
+            part = tl.zeros([BLOCK_OUT, BLOCK_INNER], dtype=tl.float32)
+            for i0 in range(0, S, BLOCK_INNER):
+                cols = i0 + tl.arange(0, BLOCK_INNER)
+                col_ok = cols < S
+                g = tl.load(shared_act_ptr + cols * shared_act_stride, mask=col_ok, other=0.0).to(tl.float32)
+                u = tl.load(shared_act_ptr + (S + cols) * shared_act_stride, mask=col_ok, other=0.0).to(tl.float32)
+                d = tl.load(shared_down_ptr + rows[:, None] * S + cols[None, :],
+                            mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+                part += d.to(tl.float32) * (g * tl.sigmoid(g) * u)[None, :]
+            gate = tl.load(shared_gate_ptr).to(tl.float32)
+            out += tl.sigmoid(gate) * tl.sum(part, 1)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -360,6 +400,7 @@ def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg
         ids if shared_out is None else shared_out,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         PICK=PICKS.index(cfg.pick), H=H, S=S, S_P2=next_pow2(S), BLOCK_S=block, num_warps=cfg.warps_router,
+        **pdl_args(cfg.pdl),
     )
 
 
@@ -385,6 +426,7 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
         x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
         H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
+        **pdl_args(cfg.pdl),
     )
     return h, ids, weights
 
@@ -404,10 +446,13 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig, shared_ou
     if cfg.down == "tile":
         k_p2 = next_pow2(top_k)
         block_inner = max(16, min(next_pow2(max(I, S)), cfg.tile_down // (k_p2 * block_out)))
+        pdl = pdl_args(cfg.pdl)
+        if pdl["PDL"]:
+            block_inner = max(16, next_pow2(max(I, S)))  # one step: all weights load before the wait
         launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
             *args, h if shared_out is None else shared_out, H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2,
             SHARED=0 if shared is None else 1 if shared_out is None else 2,
-            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down,
+            BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down, **pdl,
         )
     else:
         launch(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](

@@ -14,8 +14,11 @@ variants: the model's layer under other decode kernel configs.
 projection: the model's layer under other blocks of its gdn::gemv projection.
 configs: the model's layer with the shared expert's down projection in kernel 2 or in the router's launch.
 kernels: per-kernel durations (profiler) of the model's layer under those configs.
+pdl: the model's layer with programmatic dependent launch (PDL_CONFIGS): error against float64, CHAIN-layer
+graphs bit-equal to the same kernels launched in stream order over fresh inputs (a missing wait would move them),
+one layer per graph and chained.
 
-    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants|projection|configs|kernels ...
+    python scripts/device/moe_layer_probe.py check|bench|trace|chained|flush|variants|projection|configs|kernels|pdl ...
 """
 
 from __future__ import annotations
@@ -284,6 +287,75 @@ def kernels(w) -> None:
         print(f"{name(cfg)}: us per kernel (median) {'; '.join(parts)}", flush=True)
 
 
+# (name, decode config, projection config): the model's layer, then the PDL forms launched in stream order
+# ("serial") and with the attribute ("on")
+PDL_CONFIGS = [
+    ("off (the model's layer)", DecodeConfig(), GemvConfig(4, 1024, 4)),
+    ("serial", DecodeConfig(pdl="serial"), GemvConfig(4, 2048, 4, pdl="serial")),
+    ("on", DecodeConfig(pdl="on"), GemvConfig(4, 2048, 4, pdl="on")),
+    ("on, projection off", DecodeConfig(pdl="on"), GemvConfig(4, 1024, 4)),
+    ("shared router, serial", DecodeConfig(shared="router", warps_router=4, pdl="serial"),
+     GemvConfig(4, 2048, 4, pdl="serial")),
+    ("shared router, on", DecodeConfig(shared="router", warps_router=4, pdl="on"), GemvConfig(4, 2048, 4, pdl="on")),
+]
+
+
+def twin(cfg, proj):
+    """What a config's CHAIN-layer graph must equal bit for bit: "on" against "serial" (a race would move it),
+    anything else against "off" (whether the PDL form computes the same bits)."""
+    to = lambda c: replace(c, pdl="serial" if c.pdl == "on" else "off")
+    return to(cfg), to(proj)
+
+
+def pdl(w, trials: int = 30) -> None:
+    bw = bm.copy_bandwidth()
+    nbytes = bm.layer_bytes()[0]
+    sets = [w] + [bm.weights() for _ in range(CHAIN - 1)]
+    pct = lambda us: 100 * nbytes / us / 1e3 / (bw / 1e9)
+    print(f"copy {bw / 1e9:.0f} GB/s", flush=True)
+
+    def chain(x, n, cfg, proj):
+        for gate_up, down, w_rs, shared_down in sets[:n]:
+            x = op.moe_shared_triton(x, gemv(x, w_rs, "none", proj), gate_up, down, shared_down, bm.K, True,
+                                     decode_cfg=cfg)
+        return x
+
+    def graphed(n, cfg, proj):
+        x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
+        chain(x, n, cfg, proj)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = chain(x, n, cfg, proj)
+        return g, x, y
+
+    for name, cfg, proj in PDL_CONFIGS:
+        gate_up, down, w_rs, shared_down = w
+        worst = 0.0
+        for _ in range(10):
+            x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
+            want = reference.moe_shared_float64(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True)
+            worst = max(worst, ((chain(x, 1, cfg, proj).double() - want).abs().max() / want.abs().max()).item())
+        g, gx, gy = graphed(CHAIN, cfg, proj)
+        t_cfg, t_proj = twin(cfg, proj)
+        t, tx, ty = graphed(CHAIN, t_cfg, t_proj)
+        same = 0
+        for _ in range(trials):
+            gx.copy_(torch.randn(1, bm.H, device="cuda", dtype=bm.DT))
+            tx.copy_(gx)
+            gy.fill_(float("nan"))
+            bm.flush_l2()
+            g.replay()
+            bm.flush_l2()
+            t.replay()
+            same += bool(torch.equal(gy, ty))
+        one = bm.timed(lambda: chain(gx, 1, cfg, proj), eager=False).graph_us
+        per = bm.timed(lambda: chain(gx, CHAIN, cfg, proj), eager=False).graph_us / CHAIN
+        print(f"{name}: one per graph {one:.2f} us ({pct(one):.1f}% of copy); {CHAIN} chained {per:.2f} us per layer "
+              f"({pct(per):.1f}%); max err / max |out| {worst:.2e}; {CHAIN}-layer graph bit-equal to pdl "
+              f"{t_cfg.pdl!r} {same}/{trials}", flush=True)
+
+
 def main() -> None:
     bm.FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     torch.manual_seed(0)
@@ -291,7 +363,7 @@ def main() -> None:
     print(torch.cuda.get_device_name(0), flush=True)
     for mode in sys.argv[1:]:
         {"check": check, "bench": bench, "trace": trace, "chained": chained, "flush": flush,
-         "variants": variants, "projection": projection, "configs": configs, "kernels": kernels}[mode](w)
+         "variants": variants, "projection": projection, "configs": configs, "kernels": kernels, "pdl": pdl}[mode](w)
 
 
 if __name__ == "__main__":
