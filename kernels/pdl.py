@@ -20,7 +20,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 def pdl_args(mode: str) -> dict:
     """Kernel arguments for `mode`: PDL (constexpr, the PDL form), GDC (constexpr, emit the grid-dependency
-    instructions; the interpreter has none) and, for "on" on a GPU, the launch option."""
+    instructions; the interpreter has none) and, for "on" on a GPU, Triton's launch option (eager launches
+    only: torch's tracing of Triton launches sets num_warps and num_stages apart, not launch_pdl)."""
     if mode not in MODES:
         raise ValueError(f"pdl must be one of {MODES}, got {mode!r}")
     gdc = mode != "off" and not INTERPRETED

@@ -55,7 +55,8 @@ class DecodeConfig:
     shared: str = "down"
     block_shared: int = 8  # "router": shared-expert output rows per program
     # programmatic dependent launch (kernels/pdl.py): each kernel starts while the one before it drains;
-    # kernel 2 loads its weights before waiting for kernel 1's h
+    # kernel 2 loads its weights before waiting for kernel 1's h. Off by default: AOTInductor launches
+    # without it, and a traced launch must not carry Triton's launch option (NOTES.md, session 15)
     pdl: str = "off"
 
     def __post_init__(self):
