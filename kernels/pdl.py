@@ -8,18 +8,18 @@ is how AOTInductor's launcher runs it, and the order the race tests compare "on"
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from .gated_delta_rule.launch import INTERPRETED
+
 MODES = ("off", "on", "serial")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def pdl_args(mode: str) -> dict:
-    """Kernel arguments for `mode`: PDL (constexpr, the PDL form), GDC (constexpr, emit the grid-dependency
+    """Kernel arguments for `mode`: PDL (constexpr, the PDL form where a kernel has one; the router and
+    kernel 1 only wait and release), GDC (constexpr, emit the grid-dependency
     instructions; the interpreter has none) and, for "on" on a GPU, Triton's launch option (eager launches
     only: torch's tracing of Triton launches sets num_warps and num_stages apart, not launch_pdl)."""
     if mode not in MODES:

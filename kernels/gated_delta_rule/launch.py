@@ -49,7 +49,9 @@ def _interpreter_bf16_rounding() -> None:
     builder.cast_impl = cast_impl
 
 
-if os.environ.get("TRITON_INTERPRET") == "1":
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+if INTERPRETED:
     _interpreter_scalar_index()
     _interpreter_bf16_rounding()
 

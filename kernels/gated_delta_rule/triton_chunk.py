@@ -26,14 +26,13 @@ and held the fp32 state error at 1e-5 where the last chunk is nearly full (T = 6
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .launch import check_heads, dense, launcher
+from .launch import INTERPRETED, check_heads, dense, launcher
 
 CHUNK = 64  # `_unit_lower_inverse` is written for 64-row chunks
 PATHS = ("fused", "split")
@@ -52,7 +51,6 @@ OUTPUT_WARPS = 4  # 4 of 4 and 8 the fastest on the H100
 # the prep kernel's 16-bit dots (A from registers, B under a 32- or 64-byte swizzle) faults or computes wrong
 # values on the H100 while the interpreter is right (scripts/device/chunk_tiny_probe.py)
 MIN_TILE_16 = 64
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @dataclass(frozen=True)

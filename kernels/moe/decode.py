@@ -14,6 +14,8 @@ sigmoid(g) * down_s (silu(gate_s) * up_s), whose gate/up come precomputed. `Deco
   rows loaded beside the routed ones.
 - shared "down": the shared expert's down projection inside kernel 2; "router": in the router kernel's launch,
   beside the routing program, and kernel 2 adds its output rows.
+- pdl "off" | "on" | "serial" (kernels/pdl.py): the kernels' programmatic-dependent-launch form, launched
+  with PDL or in stream order.
 `BASELINE` is the design measured in runs 1-3, `UNROLLED` the unrolled kernels; scripts/sass_moe_decode.py shows the kernels' SASS load order.
 """
 
@@ -35,7 +37,8 @@ CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "u
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """The defaults are the fastest design measured on the H100 (kernels/moe/NOTES.md, run 5 and session 12):
+    """The defaults are the fastest design measured on the H100 that artifacts run (kernels/moe/NOTES.md, run 5
+    and session 12; pdl "on" is faster, session 15, but AOTInductor launches without PDL):
     the router kernel with the bitonic top-k, the unrolled kernel 1 and the tile kernel 2 of runs 1-3 (`BASELINE`)."""
 
     router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots

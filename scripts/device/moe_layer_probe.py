@@ -44,6 +44,26 @@ SWEEP = [LayerConfig()] + [
 CHAIN = 4  # layers per graph in the chained timing, each with its own weights
 
 
+def model_chain(sets, x, n: int, cfg: DecodeConfig = DecodeConfig(), proj: GemvConfig | None = None):
+    """The model's layer (gdn::gemv projection, then the MoE op under cfg) over the first n weight sets, each
+    fed the previous output."""
+    for gate_up, down, w_rs, shared_down in sets[:n]:
+        x = op.moe_shared_triton(x, gemv(x, w_rs, "none", proj), gate_up, down, shared_down, bm.K, True,
+                                 decode_cfg=cfg)
+    return x
+
+
+def worst_error(w, cfg: DecodeConfig, proj: GemvConfig | None = None, trials: int = 10) -> float:
+    """Max error over max |out| of one model layer under cfg against float64, over fresh inputs."""
+    gate_up, down, w_rs, shared_down = w
+    worst = 0.0
+    for _ in range(trials):
+        x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
+        want = reference.moe_shared_float64(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True)
+        worst = max(worst, ((model_chain([w], x, 1, cfg, proj).double() - want).abs().max() / want.abs().max()).item())
+    return worst
+
+
 def zeroed_sync(cfg: LayerConfig) -> torch.Tensor:
     return torch.zeros(sync_len(bm.H, bm.K, cfg), dtype=torch.int32, device="cuda")
 
@@ -247,19 +267,10 @@ def configs(w) -> None:
     x0 = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
     pct = lambda us: 100 * nbytes / us / 1e3 / (bw / 1e9)
 
-    def chain(n, cfg, x=x0):
-        for gate_up, down, w_rs, shared_down in sets[:n]:
-            x = op.moe_shared_triton(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True, decode_cfg=cfg)
-        return x
-    gate_up, down, w_rs, shared_down = w
     for cfg in CONFIGS:
-        worst = 0.0
-        for _ in range(10):
-            x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
-            want = reference.moe_shared_float64(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True)
-            worst = max(worst, ((chain(1, cfg, x).double() - want).abs().max() / want.abs().max()).item())
-        one = bm.timed(lambda cfg=cfg: chain(1, cfg), eager=False).graph_us
-        per = bm.timed(lambda cfg=cfg: chain(CHAIN, cfg), eager=False).graph_us / CHAIN
+        worst = worst_error(w, cfg)
+        one = bm.timed(lambda cfg=cfg: model_chain(sets, x0, 1, cfg), eager=False).graph_us
+        per = bm.timed(lambda cfg=cfg: model_chain(sets, x0, CHAIN, cfg), eager=False).graph_us / CHAIN
         print(f"{name(cfg)}: one per graph {one:.2f} us ({pct(one):.1f}% of copy); {CHAIN} chained {per:.2f} us per layer ({pct(per):.1f}%); "
               f"max err / max |out| {worst:.2e}", flush=True)
 
@@ -314,28 +325,17 @@ def pdl(w, trials: int = 30) -> None:
     pct = lambda us: 100 * nbytes / us / 1e3 / (bw / 1e9)
     print(f"copy {bw / 1e9:.0f} GB/s", flush=True)
 
-    def chain(x, n, cfg, proj):
-        for gate_up, down, w_rs, shared_down in sets[:n]:
-            x = op.moe_shared_triton(x, gemv(x, w_rs, "none", proj), gate_up, down, shared_down, bm.K, True,
-                                     decode_cfg=cfg)
-        return x
-
     def graphed(n, cfg, proj):
         x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
-        chain(x, n, cfg, proj)
+        model_chain(sets, x, n, cfg, proj)
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
-            y = chain(x, n, cfg, proj)
+            y = model_chain(sets, x, n, cfg, proj)
         return g, x, y
 
     for name, cfg, proj in PDL_CONFIGS:
-        gate_up, down, w_rs, shared_down = w
-        worst = 0.0
-        for _ in range(10):
-            x = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
-            want = reference.moe_shared_float64(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True)
-            worst = max(worst, ((chain(x, 1, cfg, proj).double() - want).abs().max() / want.abs().max()).item())
+        worst = worst_error(w, cfg, proj)
         g, gx, gy = graphed(CHAIN, cfg, proj)
         t_cfg, t_proj = twin(cfg, proj)
         t, tx, ty = graphed(CHAIN, t_cfg, t_proj)
@@ -349,8 +349,8 @@ def pdl(w, trials: int = 30) -> None:
             bm.flush_l2()
             t.replay()
             same += bool(torch.equal(gy, ty))
-        one = bm.timed(lambda: chain(gx, 1, cfg, proj), eager=False).graph_us
-        per = bm.timed(lambda: chain(gx, CHAIN, cfg, proj), eager=False).graph_us / CHAIN
+        one = bm.timed(lambda: model_chain(sets, gx, 1, cfg, proj), eager=False).graph_us
+        per = bm.timed(lambda: model_chain(sets, gx, CHAIN, cfg, proj), eager=False).graph_us / CHAIN
         print(f"{name}: one per graph {one:.2f} us ({pct(one):.1f}% of copy); {CHAIN} chained {per:.2f} us per layer "
               f"({pct(per):.1f}%); max err / max |out| {worst:.2e}; {CHAIN}-layer graph bit-equal to pdl "
               f"{t_cfg.pdl!r} {same}/{trials}", flush=True)
