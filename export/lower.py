@@ -3,7 +3,8 @@
 CPU: XNNPACK delegates the dense math; everything else runs on the portable kernels of the pip wheel.
 The mutable state buffers are planned once in a memory arena the two methods share.
 CUDA: ExecuTorch's CUDA backend compiles each method with AOTInductor into its own shared library;
-the state lives inside the delegate as constants, weights go to the external `.ptd`.
+the state lives inside the delegate as constants, weights go to the external `.ptd`. Kernels written for
+programmatic dependent launch are launched with it (aoti_pdl.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Iterator
 
 import torch
 from torch.export import ExportedProgram
+
+from .aoti_pdl import pdl_launches
 
 
 def ensure_flatc() -> None:
@@ -143,7 +146,7 @@ def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, Exporte
 def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: str = "decode"):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
     programs = split_to_slices(inline_triton_ops(programs))
-    with _backend_settings(autotune, decompose=_has_call(programs, _is_convolution)):
+    with _backend_settings(autotune, decompose=_has_call(programs, _is_convolution)), pdl_launches():
         return _lower_cuda(programs, named_data)
 
 

@@ -1,6 +1,6 @@
 """AOTInductor in tests: compile an ExportedProgram the way the ExecuTorch CUDA backend does (kernels
 embedded, libtorch not linked, weights in a separate blob) and load it in-process as the runner loads an
-artifact's methods. Packages loaded with `torch._inductor.aoti_load_package`, or their libraries through the
+artifact's methods, with gdn.export's PDL launches. Packages loaded with `torch._inductor.aoti_load_package`, or their libraries through the
 container runner, segfaulted on the H100 machines (torch 2.11, even a two-op module); this path loads."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.utils import _pytree as pytree
 
+from gdn.export.aoti_pdl import pdl_launches
 from gdn.runner.aoti import make_libtorch_global
 
 OPTIONS = {
@@ -28,11 +29,13 @@ def compile_and_load(ep: ExportedProgram) -> tuple[Callable[..., object], str]:
     # the placeholders' fake values carry the symbolic (dynamic) dims, as the ExecuTorch backend passes them
     user = set(ep.graph_signature.user_inputs)
     fake = tuple(n.meta["val"] for n in ep.graph.nodes if n.op == "placeholder" and n.name in user)
-    with torch.no_grad():
+    with torch.no_grad(), pdl_launches():
         paths = [Path(p) for p in torch._inductor.aot_compile(ep.module(), fake, options=OPTIONS)]
     (so,) = [p for p in paths if p.name.endswith(".wrapper.so")]
     (blob,) = [p for p in paths if p.name.endswith(".wrapper_weights.blob")]
-    cpp = {p for p in paths if p.suffix == ".cpp"} | set(so.parent.glob("*.cpp"))
+    # this compile's sources only: the cache directory can hold an earlier compile's
+    stem = so.name.split(".")[0]
+    cpp = {p for p in paths if p.suffix == ".cpp"} | set(so.parent.glob(f"{stem}*.cpp"))
     src = "\n".join(p.read_text(errors="replace") for p in sorted(cpp))
     make_libtorch_global()
     runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda", "", True)

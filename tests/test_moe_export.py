@@ -4,6 +4,7 @@ checkpoints run through the ops on CUDA like through the references."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -82,6 +83,14 @@ def aoti_child(name: str, dynamic: bool) -> int:
         compiled, src = compile_and_load(ep)
         # the op's Triton kernels are compiled into the library, not called back through the op
         assert "aoti_torch_proxy_executor_call_function" not in src and "launchKernel" in src
+        # one token: the router, kernel 1 and kernel 2 launch with PDL (gdn.export.aoti_pdl); prefill: none
+        pdl_calls = src.count("launchKernelPdl(") - src.count("void launchKernelPdl(")
+        assert pdl_calls == (0 if dynamic else 3), pdl_calls
+        # the weights go to the kernels as they are: no kernel copies them first (gdn.kernels.pdl: the
+        # mutation analysis must see through the grid-dependency steps)
+        copies = re.findall(r"call_triton_\w+\((gate_up|down|shared_down),", src)
+        assert not copies, copies
+        assert re.search(r"call_\w*gate_up\w*\([^;]*\bgate_up\b", src), "gate_up is not a kernel argument"
         print("loaded", flush=True)
         ok = True
         for T in [1, 7, 333, 4096] if dynamic else [1]:

@@ -90,7 +90,7 @@ def gemv(
     y = torch.empty((1, N), dtype=x.dtype, device=x.device) if out is None else out
     bn = min(cfg.block_n, triton.next_power_of_2(N))
     bk = min(cfg.block_k, max(16, triton.next_power_of_2(K)))
-    pdl = pdl_args(cfg.pdl)
+    pdl = pdl_args(cfg.pdl, y)
     if pdl["PDL"]:
         bk = max(16, triton.next_power_of_2(K))
     launcher(_gemv_kernel)[(triton.cdiv(N, bn),)](

@@ -37,9 +37,9 @@ CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "u
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """The defaults are the fastest design measured on the H100 that artifacts run (kernels/moe/NOTES.md, run 5
-    and session 12; pdl "on" is faster, session 15, but AOTInductor launches without PDL):
-    the router kernel with the bitonic top-k, the unrolled kernel 1 and the tile kernel 2 of runs 1-3 (`BASELINE`)."""
+    """The defaults are the fastest plain design measured on the H100 (kernels/moe/NOTES.md, run 5 and session
+    12): the router kernel with the bitonic top-k, the unrolled kernel 1 and the tile kernel 2 of runs 1-3
+    (`BASELINE`). The ops run it with pdl "on" (`op.ARTIFACT_DECODE`, session 16)."""
 
     router: str = "kernel"  # "inline" repeats the routing in each of the ~1000 kernel-1 programs' issue slots
     pick: str = "topk"  # the router kernel alone 4.9 us against 5.4 for "argmax" (NOTES.md, session 12)
@@ -58,8 +58,8 @@ class DecodeConfig:
     shared: str = "down"
     block_shared: int = 8  # "router": shared-expert output rows per program
     # programmatic dependent launch (kernels/pdl.py): each kernel starts while the one before it drains;
-    # kernel 2 loads its weights before waiting for kernel 1's h. Off by default: AOTInductor launches
-    # without it, and a traced launch must not carry Triton's launch option (NOTES.md, session 15)
+    # kernel 2 loads its weights before waiting for kernel 1's h. Needs router "kernel" and down "tile",
+    # so off in the plain default; artifacts launch it with PDL too (gdn.export.aoti_pdl)
     pdl: str = "off"
 
     def __post_init__(self):
@@ -264,8 +264,10 @@ def decode_down_kernel(
 ):
     """The "tile" kernel 2: all slots' down rows in one [K_P2, BLOCK_OUT, BLOCK_INNER] load per step. SHARED 0:
     routed experts only; 1: the shared expert's down projection in a second loop; 2: its output rows added,
-    computed beside the router (shared_out [H] float32). PDL (one step, BLOCK_INNER >= I and S): the weights,
-    ids and shared inputs, all written before kernel 1 ran, are loaded before waiting for kernel 1's h."""
+    computed beside the router (shared_out [H] float32). PDL (one step, BLOCK_INNER >= I and S): the weights
+    and the router's outputs (ids, weights, shared_out) load before the grid wait: the kernel before this one
+    is kernel 1, which waited for the router, or a plainly launched one. The shared expert's gate and up
+    come from the projection, which a copy kernel right before this one may have rewritten: after the wait."""
     grid_release(GDC)
     rows = tl.program_id(0) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     row_ok = rows < H
@@ -281,12 +283,19 @@ def decode_down_kernel(
         cols = tl.arange(0, BLOCK_INNER)
         col_ok = cols < I
         d = tl.load(down_ptr + row_base + cols[None, None, :], mask=row_mask & col_ok[None, None, :], other=0.0)
+        s_ok = cols < S
         if SHARED == 1:
-            shared = shared_down_rows(rows, row_ok, shared_act_ptr, shared_act_stride, shared_gate_ptr,
-                                      shared_down_ptr, S, BLOCK_INNER)
+            sd = tl.load(shared_down_ptr + rows[:, None] * S + cols[None, :], mask=row_ok[:, None] & s_ok[None, :],
+                         other=0.0)  # [BLOCK_OUT, BLOCK_INNER]
         grid_wait(GDC)
         hv = tl.load(h_ptr + slots[:, None] * I + cols[None, :], mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
+        if SHARED == 1:
+            g = tl.load(shared_act_ptr + cols * shared_act_stride, mask=s_ok, other=0.0).to(tl.float32)
+            u = tl.load(shared_act_ptr + (S + cols) * shared_act_stride, mask=s_ok, other=0.0).to(tl.float32)
+            gate = tl.sigmoid(tl.load(shared_gate_ptr).to(tl.float32))
         acc = tl.sum(d.to(tl.float32) * hv[:, None, :], 2)  # [K_P2, BLOCK_OUT]
+        if SHARED == 1:
+            shared = gate * tl.sum(sd.to(tl.float32) * (g * tl.sigmoid(g) * u)[None, :], 1)
     else:
         acc = tl.zeros([K_P2, BLOCK_OUT], dtype=tl.float32)
         for i0 in range(0, I, BLOCK_INNER):
@@ -404,7 +413,7 @@ def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg
         ids if shared_out is None else shared_out,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         PICK=PICKS.index(cfg.pick), H=H, S=S, S_P2=next_pow2(S), BLOCK_S=block, num_warps=cfg.warps_router,
-        **pdl_args(cfg.pdl),
+        **pdl_args(cfg.pdl, ids),
     )
 
 
@@ -430,7 +439,7 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
         x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
         H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
-        **pdl_args(cfg.pdl),
+        **pdl_args(cfg.pdl, h),
     )
     return h, ids, weights
 
@@ -450,7 +459,7 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig, shared_ou
     if cfg.down == "tile":
         k_p2 = next_pow2(top_k)
         block_inner = max(16, min(next_pow2(max(I, S)), cfg.tile_down // (k_p2 * block_out)))
-        pdl = pdl_args(cfg.pdl)
+        pdl = pdl_args(cfg.pdl, out)
         if pdl["PDL"]:
             block_inner = max(16, next_pow2(max(I, S)))  # one step: all weights load before the wait
         launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](

@@ -22,8 +22,9 @@ require_package_import(__name__)
 # The ops' one-token kernels (DecodeConfig(): router kernel, unrolled kernel 1, tile kernel 2), verified inside
 # CUDA artifacts on the H100 (tests/test_export_cuda.py); 31.4 us routed against 34.4 for run 4's default and
 # 42.4 for `decode.BASELINE` in one scripts/bench_moe.py run (kernels/moe/NOTES.md, run 5); the router's
-# bitonic top-k since session 12.
-ARTIFACT_DECODE = DecodeConfig()
+# bitonic top-k since session 12; in their PDL form since session 16, launched with PDL by Triton and inside
+# artifacts (gdn.export.aoti_pdl): 29.14 against 30.21 us per layer compiled by AOTInductor (NOTES.md, session 16).
+ARTIFACT_DECODE = DecodeConfig(pdl="on")
 
 
 def moe_triton(

@@ -1,0 +1,90 @@
+"""torch's mutation analysis of our PDL kernels, as export runs it (no GPU needed: Triton builds the TTIR for
+sm_90 without one). It must name exactly the tensors each kernel stores to. With GDC on, torch 2.11's own
+analysis gives up on Triton's griddepcontrol (inline assembly, not pure) and names every argument, which made
+the export copy every argument, weights included, and broke artifacts; gdn.kernels.pdl has it analyse the
+kernel with GDC off, whose stores are the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._higher_order_ops import triton_kernel_wrap
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+
+from gdn.kernels import pdl  # noqa: F401  (installs the analysis of GDC kernels)
+from gdn.kernels.gemv.triton_gemv import _gemv_kernel
+from gdn.kernels.moe import decode as D
+from gdn.kernels.moe.route import PICKS
+
+H, I, E, K, S = 256, 128, 64, 8, 96
+
+
+class Sm90:
+    """Triton's active driver for the analysis: the target it compiles the TTIR for."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+
+@pytest.fixture
+def sm90():
+    before = driver._active  # None until a launch needs one; reset_active() would create a CUDA driver
+    driver.set_active(Sm90())
+    yield
+    driver._active = before
+
+
+def t(*shape, dtype=torch.bfloat16):
+    return torch.randn(*shape).to(dtype)
+
+
+def gemv_case():
+    args = dict(x_ptr=t(1, H), w_ptr=t(E, H), y_ptr=t(1, E), s_wn=H, N=E, K=H, SILU_MUL=False, BN=4, BK=H)
+    return _gemv_kernel, args, ["y_ptr"]
+
+
+def route_case(shared_rows: int):
+    args = dict(logits_ptr=t(1, E), col_stride=1, ids_ptr=t(K, dtype=torch.int32), weights_ptr=t(K, dtype=torch.float32),
+                act_ptr=t(1, 2 * S), act_stride=1, gate_ptr=t(1, 1), sdown_ptr=t(H, S),
+                shared_out_ptr=t(H, dtype=torch.float32), E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True,
+                PICK=PICKS.index("topk"), H=H, S=S, S_P2=128, BLOCK_S=shared_rows)
+    return D.decode_route_kernel, args, ["ids_ptr", "weights_ptr"] + (["shared_out_ptr"] if shared_rows else [])
+
+
+def gate_up_case():
+    args = dict(x_ptr=t(1, H), logits_ptr=t(1, E), logits_col_stride=1, w_ptr=t(E, 2 * I, H),
+                h_ptr=t(K, I, dtype=torch.float32), ids_ptr=t(K, dtype=torch.int32),
+                weights_ptr=t(K, dtype=torch.float32), H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True,
+                ROUTE=False, PICK=PICKS.index("topk"), BLOCK_I=2, BLOCK_H=H)
+    return D.gate_up_unrolled_kernel, args, ["h_ptr"]
+
+
+def down_case(shared: int):
+    args = dict(h_ptr=t(K, I, dtype=torch.float32), ids_ptr=t(K, dtype=torch.int32),
+                weights_ptr=t(K, dtype=torch.float32), down_ptr=t(E, H, I), out_ptr=t(1, H), shared_act_ptr=t(1, 2 * S),
+                shared_act_stride=1, shared_gate_ptr=t(1, 1), shared_down_ptr=t(H, S),
+                shared_out_ptr=t(H, dtype=torch.float32), H=H, I=I, S=S, TOP_K=K, K_P2=K, SHARED=shared,
+                BLOCK_OUT=4, BLOCK_INNER=128)
+    return D.decode_down_kernel, args, ["out_ptr"]
+
+
+CASES = {"gemv": gemv_case, "route": lambda: route_case(0), "route-shared": lambda: route_case(8),
+         "gate_up": gate_up_case, "down": lambda: down_case(0), "down-shared": lambda: down_case(1),
+         "down-shared_out": lambda: down_case(2)}
+
+
+@pytest.mark.parametrize("gdc", [False, True], ids=["GDC-off", "GDC-on"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_mutation_analysis_names_the_stores(sm90, case, gdc):
+    kernel, args, stores = CASES[case]()
+    got = triton_kernel_wrap.identify_mutated_tensors(kernel, {**args, "PDL": gdc, "GDC": gdc}, {})
+    assert sorted(got) == sorted(stores)
+
+
+def test_torch_alone_names_every_argument_of_a_gdc_kernel(sm90):
+    """Why gdn.kernels.pdl wraps the analysis; if a torch release analyses griddepcontrol, this fails and the
+    wrapper can go."""
+    kernel, args, _ = gemv_case()
+    alone = triton_kernel_wrap.identify_mutated_tensors.__wrapped__
+    assert sorted(alone(kernel, {**args, "PDL": True, "GDC": True}, {})) == ["w_ptr", "x_ptr", "y_ptr"]
