@@ -65,14 +65,14 @@ def test_top_k_and_top_p_keep_only_their_tokens_with_renormalised_mass():
     s = Sampler(SamplingParams(temperature=1.0, top_k=5, seed=3), vocab, torch.device("cpu"))
     freq = frequencies(draw(s, logits, n), vocab)
     top5 = order[:5]
-    assert float(freq[top5].sum()) == 1.0
+    assert bool((freq[order[5:]] == 0).all()), freq  # every draw among the top 5 (a float sum of 5 shares can miss 1.0)
     p = torch.softmax(logits[0, top5].double(), -1)
     assert float((freq[top5] - p).abs().max()) < 5 * float((p * (1 - p) / n).sqrt().max()) + 1e-3
     probs = torch.softmax(logits[0].double(), -1)[order]
     top_p = float(probs[:3].sum()) - 1e-4  # the first three tokens hold just over this mass
     s = Sampler(SamplingParams(temperature=1.0, top_p=top_p, seed=4), vocab, torch.device("cpu"))
     freq = frequencies(draw(s, logits, n), vocab)
-    assert float(freq[order[:3]].sum()) == 1.0 and bool((freq[order[:3]] > 0).all())
+    assert bool((freq[order[3:]] == 0).all()) and bool((freq[order[:3]] > 0).all()), freq
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens():
