@@ -36,6 +36,8 @@ CONFIGS = {
     "router argmax": replace(BASE, pick="argmax"),
     "down 4 warps": replace(BASE, down_warps=4),
     "bn 128, down 256 x 8 warps": replace(BASE, block_n=128, down_block_n=256),
+    # a deeper pipeline in the same 96 KB, so two programs still fit an SM (scripts/sass_moe_prefill.py)
+    "bk 32 x 6 stages": replace(BASE, block_k=32, stages=6),
 }
 
 
