@@ -36,20 +36,28 @@ ROUTE_ARGS = {"logits_ptr": "*bf16", "col_stride": "constexpr", "ids_ptr": "*i32
               "shared_out_ptr": "*fp32"}
 
 
-def compile_sm90(fn, args: dict, consts: dict, warps: int) -> tuple[bytes, str]:
-    """-> cubin, SASS. Pointers 16-byte aligned and unit strides constant, as Triton specialises them."""
+def compile_kernel(fn, args: dict, consts: dict, warps: int, stages: int = 3):
+    """-> Triton's compiled kernel for sm_90. Pointers 16-byte aligned and unit strides constant, as Triton
+    specialises them."""
     sig = {**args, **{name: "constexpr" for name in consts}}
     attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(sig.values()) if t.startswith("*")}
     stride_consts = {name: 1 for name, t in args.items() if t == "constexpr"}
     src = ASTSource(fn, sig, constexprs={**stride_consts, **consts}, attrs=attrs)
-    cubin = triton.compile(src, target=TARGET, options={"num_warps": warps}).asm["cubin"]
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+
+
+def cubin_tool(tool: str, cubin: bytes, *flags: str) -> str:
+    """The output of one of Triton's bundled CUDA tools (nvdisasm, cuobjdump) on `cubin`."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run([f"{BIN}/nvdisasm", "-c", f.name], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([f"{BIN}/cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True,
-                               check=True).stdout
-    return usage, sass
+        return subprocess.run([f"{BIN}/{tool}", *flags, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def compile_sm90(fn, args: dict, consts: dict, warps: int) -> tuple[str, str]:
+    """-> resource usage, SASS."""
+    cubin = compile_kernel(fn, args, consts, warps).asm["cubin"]
+    return cubin_tool("cuobjdump", cubin, "--dump-resource-usage"), cubin_tool("nvdisasm", cubin, "-c")
 
 
 def summary(usage: str, sass: str) -> str:

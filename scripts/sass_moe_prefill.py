@@ -8,16 +8,11 @@ timing; Qwen3.5-35B-A3B shapes (H 2048, I 512, E 256, top-8, bf16) over block ch
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 
-import triton
-from triton.compiler import ASTSource
-
 sys.path.insert(0, "scripts")
-from sass_moe_decode import BIN, TARGET  # noqa: E402
+from sass_moe_decode import compile_kernel, cubin_tool  # noqa: E402
 
 from gdn.kernels.moe import prefill as P  # noqa: E402
 
@@ -33,15 +28,8 @@ DOWN_BLOCKS = [(128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 128, 64, 8, 4),
 
 
 def describe(fn, args: dict, consts: dict, warps: int, stages: int) -> str:
-    sig = {**args, **{name: "constexpr" for name in consts}}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(sig.values()) if t.startswith("*")}
-    k = triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs), target=TARGET,
-                       options={"num_warps": warps, "num_stages": stages})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([f"{BIN}/cuobjdump", "--dump-resource-usage", f.name], capture_output=True, text=True,
-                               check=True).stdout
+    k = compile_kernel(fn, args, consts, warps, stages)
+    usage = cubin_tool("cuobjdump", k.asm["cubin"], "--dump-resource-usage")
     regs, stack = (int(v) for v in re.search(r"REG:(\d+) STACK:(\d+)", usage).groups())
     smem = k.metadata.shared
     per_sm = min(SM_REGS // (regs * 32 * warps), SM_SMEM // max(smem, 1))
