@@ -29,6 +29,7 @@ class KernelSet:
     moe: Callable
     moe_shared: Callable
     gemv: Callable
+    norm_gemv: Callable
 
 
 REFERENCE = KernelSet(
@@ -39,6 +40,7 @@ REFERENCE = KernelSet(
     _moe_ref.moe,
     _moe_ref.moe_shared,
     _gemv_ref.gemv,
+    _gemv_ref.norm_gemv,
 )
 OPS = KernelSet(
     "ops",
@@ -48,5 +50,6 @@ OPS = KernelSet(
     _moe_op.moe,
     _moe_op.moe_shared,
     _gemv_op.gemv,
+    _gemv_op.norm_gemv,
 )
 KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
 from gdn.kernels.gemv import reference as ref
 from gdn.kernels.gemv import triton_gemv
+from gdn.kernels.gemv.op import PDL_MAX_K, artifact_config
 from gdn.kernels.gemv.triton_gemv import GemvConfig
 
 interpreted = pytest.mark.interpret
@@ -112,7 +113,11 @@ def test_gemv_pdl_cuda(name, dt):
 
 
 @pytest.mark.cuda
-def test_op_equals_kernel_cuda():
-    x = torch.randn(1, 2 * 6144, device="cuda").to(torch.bfloat16)
-    w = torch.randn(2048, 6144, device="cuda").to(torch.bfloat16)
-    assert torch.equal(torch.ops.gdn.gemv(x, w, "silu_mul"), triton_gemv.gemv(x, w, "silu_mul"))
+@pytest.mark.parametrize("K", [2048, 6144])
+def test_op_equals_kernel_cuda(K):
+    """The op runs the ops' config: the PDL form up to PDL_MAX_K columns, the default above."""
+    x = torch.randn(1, 2 * K, device="cuda").to(torch.bfloat16)
+    w = torch.randn(2048, K, device="cuda").to(torch.bfloat16)
+    cfg = artifact_config(K)
+    assert (cfg.pdl == "on") == (K <= PDL_MAX_K)
+    assert torch.equal(torch.ops.gdn.gemv(x, w, "silu_mul"), triton_gemv.gemv(x, w, "silu_mul", cfg))

@@ -14,6 +14,7 @@ from triton.runtime.driver import driver
 
 from gdn.kernels import pdl  # noqa: F401  (installs the analysis of GDC kernels)
 from gdn.kernels.gemv.triton_gemv import _gemv_kernel
+from gdn.kernels.gemv.triton_norm_gemv import _norm_gemv_kernel
 from gdn.kernels.moe import decode as D
 from gdn.kernels.moe.route import PICKS
 
@@ -44,6 +45,12 @@ def gemv_case():
     return _gemv_kernel, args, ["y_ptr"]
 
 
+def norm_gemv_case(delta: bool):
+    args = dict(x_ptr=t(1, H), d_ptr=t(1, H), g_ptr=t(H), w_ptr=t(E, H), y_ptr=t(1, E), r_ptr=t(1, H), n_ptr=t(1, H),
+                s_wn=H, eps=1e-6, N=E, K=H, HAS_DELTA=delta, BN=4, BK=H, SLICE=H // 16)
+    return _norm_gemv_kernel, args, ["y_ptr", "r_ptr", "n_ptr"]
+
+
 def route_case(shared_rows: int):
     args = dict(logits_ptr=t(1, E), col_stride=1, ids_ptr=t(K, dtype=torch.int32), weights_ptr=t(K, dtype=torch.float32),
                 act_ptr=t(1, 2 * S), act_stride=1, gate_ptr=t(1, 1), sdown_ptr=t(H, S),
@@ -69,7 +76,8 @@ def down_case(shared: int):
     return D.decode_down_kernel, args, ["out_ptr"]
 
 
-CASES = {"gemv": gemv_case, "route": lambda: route_case(0), "route-shared": lambda: route_case(8),
+CASES = {"gemv": gemv_case, "norm_gemv": lambda: norm_gemv_case(True), "norm_gemv-no_delta": lambda: norm_gemv_case(False),
+         "route": lambda: route_case(0), "route-shared": lambda: route_case(8),
          "gate_up": gate_up_case, "down": lambda: down_case(0), "down-shared": lambda: down_case(1),
          "down-shared_out": lambda: down_case(2)}
 

@@ -6,6 +6,13 @@
 
 The activation is computed in float32 and rounded once to x's dtype; the product accumulates in float32
 and is rounded to x's dtype.
+
+`norm_gemv` puts the residual add and the RMS norm that precede a decoder sublayer's first projection in front:
+
+    r = x + delta                           x, delta [1, K] (delta optional), rounded to x's dtype
+    n = r / rms(r) * (1 + g)                g [K]: the zero-centred RMSNorm of Qwen3-Next / Qwen3.5, in float32,
+                                            rounded to x's dtype
+    y = n @ w^T                             -> y [1, N], r [1, K], n [1, K]
 """
 
 from __future__ import annotations
@@ -29,3 +36,20 @@ def activation(x: torch.Tensor, act: str) -> torch.Tensor:
 def gemv(x: torch.Tensor, w: torch.Tensor, act: str) -> torch.Tensor:
     """x [1, K] (or [1, 2K] for silu_mul); w [N, K] -> y [1, N] in x's dtype."""
     return F.linear(activation(x, act), w)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., K], weight [K] -> x / rms(x) * (1 + weight) over the last dim, in float32, in x's dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * (1.0 + weight.float())).to(x.dtype)
+
+
+def norm_gemv(
+    x: torch.Tensor, delta: torch.Tensor | None, norm_weight: torch.Tensor, eps: float, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [T, K], delta [T, K] or None, norm_weight [K], w [N, K] -> (y [T, N], r [T, K], n [T, K]) in x's dtype.
+    Any T here; the op takes one row."""
+    r = x if delta is None else x + delta
+    n = rms_norm(r, norm_weight, eps)
+    return F.linear(n, w), r, n
