@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gdn.kernels import KERNEL_SETS, KernelSet
+from gdn.kernels import KERNEL_SETS, REFERENCE, KernelSet
+from gdn.kernels.gemv.reference import rms_norm
 
 from .config import LINEAR, ModelConfig
 
@@ -36,9 +37,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def norm_project(x, delta, norm: RMSNorm, proj: nn.Linear, kernels: KernelSet, decode: bool):
+    """-> (r = x + delta, n = norm(r), proj(n)). One token in one kernel (the set's norm_gemv), which loads its
+    weights while the kernel before it drains and leaves the add and the norm no kernel of their own; more
+    tokens as ATen ops, which Inductor fuses around its GEMM."""
+    y, r, n = (kernels if decode else REFERENCE).norm_gemv(x, delta, norm.weight, norm.eps, proj.weight)
+    return r, n, y
 
 
 class GatedRMSNorm(nn.Module):
@@ -99,10 +106,15 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(cache, dtype=dtype))
         self.register_buffer("v_cache", torch.zeros(cache, dtype=dtype))
 
-    def forward(self, x, input_pos, cos, sin, decode: bool):
-        T, D = x.shape[0], self.head_dim
+    @property
+    def input_proj(self) -> nn.Linear:
+        return self.qkv_proj
+
+    def forward(self, qkv, input_pos, cos, sin, decode: bool):
+        """qkv [T, 2 q_out + 2 kv_out]: the normed input's `input_proj` (the decoder layer computes it)."""
+        T, D = qkv.shape[0], self.head_dim
         q_out, kv_out = self.n_heads * D, self.n_kv * D
-        qg, k, v = project(self.qkv_proj, x, self.kernels, decode).split([2 * q_out, kv_out, kv_out], dim=-1)
+        qg, k, v = qkv.split([2 * q_out, kv_out, kv_out], dim=-1)
         q, gate = qg.view(T, self.n_heads, 2 * D).chunk(2, dim=-1)  # [T, H, D] each
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k.view(T, self.n_kv, D)), cos, sin)
@@ -111,7 +123,7 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv
         # [Hkv, group * T, D]: the query heads that share a KV head, stacked
         qh = q.view(T, self.n_kv, group, D).permute(1, 2, 0, 3).reshape(self.n_kv, group * T, D)
-        visible = torch.arange(self.k_cache.shape[1], device=x.device)[None, :] <= input_pos[:, None]  # [T, S]
+        visible = torch.arange(self.k_cache.shape[1], device=qkv.device)[None, :] <= input_pos[:, None]  # [T, S]
         if decode:
             out = self._attend_one(qh, visible)
         else:
@@ -151,10 +163,15 @@ class GatedDeltaNet(nn.Module):
         self.register_buffer("conv_state", torch.zeros(conv_state, dtype=dtype))
         self.register_buffer("recurrent_state", torch.zeros(1, self.hv, self.dk, self.dv, dtype=state_dtype))
 
-    def forward(self, x, reset, decode: bool):
-        T = x.shape[0]
+    @property
+    def input_proj(self) -> nn.Linear:
+        return self.in_proj
+
+    def forward(self, projected, reset, decode: bool):
+        """projected [T, conv_dim + value_dim + 2 Hv]: the normed input's `in_proj` (the decoder layer computes it)."""
+        T = projected.shape[0]
         sizes = [self.conv_dim, self.value_dim, self.hv, self.hv]
-        qkv, z, b, a = project(self.in_proj, x, self.kernels, decode).split(sizes, dim=-1)
+        qkv, z, b, a = projected.split(sizes, dim=-1)
         qkv = self.kernels.causal_conv1d(qkv.unsqueeze(0), self.conv_state, self.conv_weight, reset)
         key_dim = self.hk * self.dk
         q, k, v = qkv.split([key_dim, key_dim, self.value_dim], dim=-1)
@@ -179,11 +196,15 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
 
-    def forward(self, x, decode: bool):
+    @property
+    def input_proj(self) -> nn.Linear:
+        return self.gate_up_proj
+
+    def forward(self, gate_up, decode: bool):
+        """gate_up [T, 2I]: the normed input's `gate_up_proj` (the decoder layer computes it)."""
         if decode:
-            gate_up = project(self.gate_up_proj, x, self.kernels, decode)
             return self.kernels.gemv(gate_up, self.down_proj.weight, "silu_mul")
-        gate, up = self.gate_up_proj(x).split([self.inter, self.inter], dim=-1)
+        gate, up = gate_up.split([self.inter, self.inter], dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -201,38 +222,51 @@ class SparseMoE(nn.Module):
         self.down = nn.Parameter(torch.zeros(self.n_experts, H, I))
         self.shared_down_proj = nn.Linear(self.shared_inter, H, bias=False)
 
-    def forward(self, x, decode: bool):
+    @property
+    def input_proj(self) -> nn.Linear:
+        return self.router_shared
+
+    def forward(self, x, router_shared, decode: bool):
+        """x [T, H] normed; router_shared: its `router_shared` projection (the decoder layer computes it)."""
         # one op for router, routed experts and the gated shared expert: at decode the shared expert's
         # silu*up, down projection and gate fuse into the routed down kernel (measured in scripts/bench_moe.py)
-        router_shared = project(self.router_shared, x, self.kernels, decode)
         return self.kernels.moe_shared(
             x, router_shared, self.gate_up, self.down, self.shared_down_proj.weight, self.top_k, self.renormalize
         )
 
 
 class DecoderLayer(nn.Module):
+    """Residual stream x -> x + mixer(norm(x)) -> x + mlp(norm(x)), with each sum left to the next norm:
+    `forward` returns the stream and the pending sublayer output, which the next layer (or the final norm) adds.
+    At decode each add, norm and the projection after them are one kernel (gdn::norm_gemv)."""
+
     def __init__(self, cfg: ModelConfig, i: int, max_seq_len: int, dtype, state_dtype, kernels: KernelSet):
         super().__init__()
+        self.kernels = kernels
         self.is_linear = cfg.layer_types[i] == LINEAR
+        self.is_moe = bool(cfg.moe_layers[i])
         if self.is_linear:
             self.linear_attn = GatedDeltaNet(cfg, dtype, state_dtype, kernels)
         else:
             self.self_attn = Attention(cfg, max_seq_len, dtype, kernels)
-        if cfg.moe_layers[i]:
+        if self.is_moe:
             self.mlp = SparseMoE(cfg, kernels)
         else:
             self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, input_pos, reset, cos, sin, decode: bool):
-        h = self.input_layernorm(x)
+    def forward(self, x, delta, input_pos, reset, cos, sin, decode: bool):
+        """x [T, H] and delta [T, H] (None before the first layer): the stream is x + delta.
+        -> (the stream before this layer's MLP output, that output)."""
+        mixer = self.linear_attn if self.is_linear else self.self_attn
+        x, _, p = norm_project(x, delta, self.input_layernorm, mixer.input_proj, self.kernels, decode)
         if self.is_linear:
-            h = self.linear_attn(h, reset, decode)
+            h = self.linear_attn(p, reset, decode)
         else:
-            h = self.self_attn(h, input_pos, cos, sin, decode)
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x), decode)
+            h = self.self_attn(p, input_pos, cos, sin, decode)
+        x, n, p = norm_project(x, h, self.post_attention_layernorm, self.mlp.input_proj, self.kernels, decode)
+        return x, self.mlp(n, p, decode) if self.is_moe else self.mlp(p, decode)
 
 
 class GDNForCausalLM(nn.Module):
@@ -271,13 +305,14 @@ class GDNForCausalLM(nn.Module):
         return self.run(tokens, input_pos, decode=False)
 
     def run(self, tokens: torch.Tensor, input_pos: torch.Tensor, decode: bool) -> torch.Tensor:
-        x = self.embed_tokens(tokens[0])  # [T, H]
+        x, delta = self.embed_tokens(tokens[0]), None  # [T, H]
         reset = input_pos[:1] == 0  # [1]
         cos, sin = self.rotary(input_pos, x.dtype)
         for layer in self.layers:
-            x = layer(x, input_pos, reset, cos, sin, decode)
-        # one row in both methods (the last position): always the mat-vec
-        return self.kernel_set.gemv(self.norm(x[-1:]), self.lm_head.weight, "none")
+            x, delta = layer(x, delta, input_pos, reset, cos, sin, decode)
+        # one row in both methods (the last position): the last add, the norm and lm_head in one mat-vec kernel
+        logits, _, _ = self.kernel_set.norm_gemv(x[-1:], delta[-1:], self.norm.weight, self.norm.eps, self.lm_head.weight)
+        return logits
 
     def state_buffers(self) -> dict[str, torch.Tensor]:
         """The mutable decode state, by buffer name."""
