@@ -48,13 +48,13 @@ class Layers(torch.nn.Module):
 
     def forward(self, tokens, input_pos):
         m = self.model
-        x = m.embed_tokens(tokens[0])
+        x, delta = m.embed_tokens(tokens[0]), None
         reset = input_pos[:1] == 0
         cos, sin = m.rotary(input_pos, x.dtype)
         outs = [x]
         for layer in m.layers:
-            x = layer(x, input_pos, reset, cos, sin, False)
-            outs.append(x)
+            x, delta = layer(x, delta, input_pos, reset, cos, sin, False)
+            outs.append(x + delta)
         return torch.stack(outs)
 
 
