@@ -47,7 +47,7 @@ def gemv_case():
 
 def norm_gemv_case(delta: bool):
     args = dict(x_ptr=t(1, H), d_ptr=t(1, H), g_ptr=t(H), w_ptr=t(E, H), y_ptr=t(1, E), r_ptr=t(1, H), n_ptr=t(1, H),
-                s_wn=H, eps=1e-6, N=E, K=H, HAS_DELTA=delta, BN=4, BK=H, SLICE=H // 16)
+                s_wn=H, N=E, K=H, EPS=1e-6, HAS_DELTA=delta, BN=4, BK=H, SLICE=H // 16, SLICE_P2=H // 16)
     return _norm_gemv_kernel, args, ["y_ptr", "r_ptr", "n_ptr"]
 
 

@@ -13,6 +13,8 @@ and is rounded to x's dtype.
     n = r / rms(r) * (1 + g)                g [K]: the zero-centred RMSNorm of Qwen3-Next / Qwen3.5, in float32,
                                             rounded to x's dtype
     y = n @ w^T                             -> y [1, N], r [1, K], n [1, K]
+
+The Triton kernel computes y as (r (1 + g)) @ w^T / rms, without n's rounding.
 """
 
 from __future__ import annotations

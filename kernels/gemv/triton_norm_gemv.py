@@ -1,11 +1,15 @@
 """One-token projection with the decoder's residual add and RMS norm in front (`reference.norm_gemv`).
 
 Grid: (N / BN,), as `triton_gemv`: a program owns BN output rows. Every program also computes the whole
-[1, K] residual and its norm (K values, tiny next to its [BN, K] weights) and stores its own slice of r and n
-(SLICE columns), so no program reads what another writes and the norm costs no kernel of its own. In the PDL
-form (one step over K) the weights and the norm's gain load before the grid wait: behind a kernel that releases
-its dependents early (the MoE's down kernel, a PDL projection) this projection's weight stream starts while
-that kernel drains.
+[1, K] residual and its sum of squares (K values, tiny next to its [BN, K] weights) and stores its own slice of
+r and n (SLICE columns), so no program reads what another writes and the norm costs no kernel of its own.
+1 / rms is a scalar, so it factors out of the dot: y = (r (1 + g)) @ w^T / rms takes one pass over K with the
+sum of squares beside the dot, and y does not see n's rounding to the model's dtype (the reference rounds n
+first; the two agree within that rounding). In the PDL form (one step over K) the weights and the norm's gain
+load before the grid wait: behind a kernel that releases its dependents early (the MoE's down kernel, a PDL
+projection) this projection's weight stream starts while that kernel drains. eps is a constant of the kernel:
+AOTInductor passes a float argument as float64, where Triton's own launch passes float32, and the two sums
+rounded differently.
 """
 
 from __future__ import annotations
@@ -30,24 +34,17 @@ def _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA: tl.constexpr):
 
 
 @triton.jit
-def _normed(r, inv_rms, g, dtype: tl.constexpr):
-    """[BK] float32: r / rms * (1 + g) rounded to the model's dtype, in the reference's order."""
-    return (r * inv_rms * (1.0 + g)).to(dtype).to(tl.float32)
-
-
-@triton.jit
-def _store_slice(r_ptr, n_ptr, r, n, cols, col_ok, pid, SLICE: tl.constexpr):
-    """This program's SLICE columns of r and n."""
-    mine = col_ok & (cols >= pid * SLICE) & (cols < (pid + 1) * SLICE)
+def _store_norm(r_ptr, n_ptr, r, g, inv_rms, cols, mine):
+    """r, and r / rms * (1 + g) rounded in the reference's order, at the columns `mine`."""
     tl.store(r_ptr + cols, r.to(r_ptr.dtype.element_ty), mask=mine)
-    tl.store(n_ptr + cols, n.to(n_ptr.dtype.element_ty), mask=mine)
+    tl.store(n_ptr + cols, (r * inv_rms * (1.0 + g)).to(n_ptr.dtype.element_ty), mask=mine)
 
 
 @triton.jit
 def _norm_gemv_kernel(
-    x_ptr, d_ptr, g_ptr, w_ptr, y_ptr, r_ptr, n_ptr, s_wn, eps,
-    N: tl.constexpr, K: tl.constexpr, HAS_DELTA: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    SLICE: tl.constexpr,
+    x_ptr, d_ptr, g_ptr, w_ptr, y_ptr, r_ptr, n_ptr, s_wn,
+    N: tl.constexpr, K: tl.constexpr, EPS: tl.constexpr, HAS_DELTA: tl.constexpr, BN: tl.constexpr,
+    BK: tl.constexpr, SLICE: tl.constexpr, SLICE_P2: tl.constexpr,
     PDL: tl.constexpr,
     GDC: tl.constexpr,
 ):
@@ -55,7 +52,7 @@ def _norm_gemv_kernel(
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
     row_ok = rows < N
-    dtype = x_ptr.dtype.element_ty
+    # 1 / rms factors out of the dot: y = (r (1 + g)) @ w^T / rms, one pass over K with no wait on the norm
     if PDL:
         cols = tl.arange(0, BK)
         col_ok = cols < K
@@ -63,28 +60,30 @@ def _norm_gemv_kernel(
         g = tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         grid_wait(GDC)
         r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)  # [BK]
-        n = _normed(r, tl.rsqrt(tl.sum(r * r, 0) / K + eps), g, dtype)
-        _store_slice(r_ptr, n_ptr, r, n, cols, col_ok, pid, SLICE)
-        acc = w.to(tl.float32) * n[None, :]  # [BN, BK]
+        acc = w.to(tl.float32) * (r * (1.0 + g))[None, :]  # [BN, BK]
+        inv_rms = tl.rsqrt(tl.sum(r * r, 0) / K + EPS)
+        tl.store(y_ptr + rows, (tl.sum(acc, 1) * inv_rms).to(y_ptr.dtype.element_ty), mask=row_ok)
+        # this program's SLICE columns of r and n, from the registers
+        _store_norm(r_ptr, n_ptr, r, g, inv_rms, cols, col_ok & (cols >= pid * SLICE) & (cols < (pid + 1) * SLICE))
     else:
         squares = tl.zeros([BK], dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            cols = k0 + tl.arange(0, BK)
-            r = _residual(x_ptr, d_ptr, cols, cols < K, HAS_DELTA)
-            squares += r * r
-        inv_rms = tl.rsqrt(tl.sum(squares, 0) / K + eps)
         acc = tl.zeros([BN, BK], dtype=tl.float32)
         for k0 in range(0, K, BK):
             cols = k0 + tl.arange(0, BK)
             col_ok = cols < K
-            r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)
-            g = tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            n = _normed(r, inv_rms, g, dtype)
-            _store_slice(r_ptr, n_ptr, r, n, cols, col_ok, pid, SLICE)
             w = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
                         other=0.0)
-            acc += w.to(tl.float32) * n[None, :]  # [BN, BK]
-    tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
+            g = tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)
+            squares += r * r
+            acc += w.to(tl.float32) * (r * (1.0 + g))[None, :]
+        inv_rms = tl.rsqrt(tl.sum(squares, 0) / K + EPS)
+        tl.store(y_ptr + rows, (tl.sum(acc, 1) * inv_rms).to(y_ptr.dtype.element_ty), mask=row_ok)
+        # this program's SLICE columns of r and n, read again
+        cols = pid * SLICE + tl.arange(0, SLICE_P2)
+        col_ok = (cols < K) & (cols < (pid + 1) * SLICE)
+        r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)
+        _store_norm(r_ptr, n_ptr, r, tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32), inv_rms, cols, col_ok)
 
 
 def norm_gemv(
@@ -114,8 +113,9 @@ def norm_gemv(
     if pdl["PDL"]:
         bk = max(16, triton.next_power_of_2(K))
     programs = triton.cdiv(N, bn)
+    cut = triton.cdiv(K, programs)
     launcher(_norm_gemv_kernel)[(programs,)](
-        x, d, g, w, y, r, n, w.stride(0), eps, N=N, K=K, HAS_DELTA=delta is not None, BN=bn, BK=bk,
-        SLICE=triton.cdiv(K, programs), num_warps=cfg.warps, **pdl,
+        x, d, g, w, y, r, n, w.stride(0), N=N, K=K, EPS=eps, HAS_DELTA=delta is not None, BN=bn, BK=bk,
+        SLICE=cut, SLICE_P2=max(16, triton.next_power_of_2(cut)), num_warps=cfg.warps, **pdl,
     )
     return y, r, n
