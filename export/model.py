@@ -311,7 +311,9 @@ class GDNForCausalLM(nn.Module):
         for layer in self.layers:
             x, delta = layer(x, delta, input_pos, reset, cos, sin, decode)
         # one row in both methods (the last position): the last add, the norm and lm_head in one mat-vec kernel
-        logits, _, _ = self.kernel_set.norm_gemv(x[-1:], delta[-1:], self.norm.weight, self.norm.eps, self.lm_head.weight)
+        logits, _, _ = self.kernel_set.norm_gemv(
+            x[-1:], delta[-1:], self.norm.weight, self.norm.eps, self.lm_head.weight
+        )
         return logits
 
     def state_buffers(self) -> dict[str, torch.Tensor]:

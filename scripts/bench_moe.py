@@ -45,6 +45,23 @@ def flush_l2() -> None:
         FLUSH.sum()
 
 
+def kernel_medians(fn, keep=lambda name: True, calls: int = 20) -> dict[str, float]:
+    """Median device us per kernel name (profiler) over `calls` eager calls of fn, each after an L2 flush;
+    kernels whose name `keep` refuses are left out."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            flush_l2()
+            fn()
+            torch.cuda.synchronize()
+    times: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and keep(e.name):
+            times.setdefault(e.name, []).append(e.device_time)
+    return {k: torch.tensor(v).median().item() for k, v in times.items()}
+
+
 def median_us(fn, iters: int) -> float:
     times = []
     for _ in range(iters):

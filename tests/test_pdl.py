@@ -76,7 +76,8 @@ def down_case(shared: int):
     return D.decode_down_kernel, args, ["out_ptr"]
 
 
-CASES = {"gemv": gemv_case, "norm_gemv": lambda: norm_gemv_case(True), "norm_gemv-no_delta": lambda: norm_gemv_case(False),
+CASES = {"gemv": gemv_case, "norm_gemv": lambda: norm_gemv_case(True),
+         "norm_gemv-no_delta": lambda: norm_gemv_case(False),
          "route": lambda: route_case(0), "route-shared": lambda: route_case(8),
          "gate_up": gate_up_case, "down": lambda: down_case(0), "down-shared": lambda: down_case(1),
          "down-shared_out": lambda: down_case(2)}

@@ -8,8 +8,8 @@ sum of squares beside the dot, and y does not see n's rounding to the model's dt
 first; the two agree within that rounding). In the PDL form (one step over K) the weights and the norm's gain
 load before the grid wait: behind a kernel that releases its dependents early (the MoE's down kernel, a PDL
 projection) this projection's weight stream starts while that kernel drains. eps is a constant of the kernel:
-AOTInductor passes a float argument as float64, where Triton's own launch passes float32, and the two sums
-rounded differently.
+AOTInductor compiles a float argument as float64, where Triton's own launch passes float32, so compiled and
+launched kernels rounded the mean square plus eps differently.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def _norm_gemv_kernel(
         inv_rms = tl.rsqrt(tl.sum(r * r, 0) / K + EPS)
         tl.store(y_ptr + rows, (tl.sum(acc, 1) * inv_rms).to(y_ptr.dtype.element_ty), mask=row_ok)
         # this program's SLICE columns of r and n, from the registers
-        _store_norm(r_ptr, n_ptr, r, g, inv_rms, cols, col_ok & (cols >= pid * SLICE) & (cols < (pid + 1) * SLICE))
+        mine = col_ok & (cols >= pid * SLICE) & (cols < (pid + 1) * SLICE)
+        _store_norm(r_ptr, n_ptr, r, g, inv_rms, cols, mine)
     else:
         squares = tl.zeros([BK], dtype=tl.float32)
         acc = tl.zeros([BN, BK], dtype=tl.float32)
@@ -83,7 +84,8 @@ def _norm_gemv_kernel(
         cols = pid * SLICE + tl.arange(0, SLICE_P2)
         col_ok = (cols < K) & (cols < (pid + 1) * SLICE)
         r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)
-        _store_norm(r_ptr, n_ptr, r, tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32), inv_rms, cols, col_ok)
+        g = tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        _store_norm(r_ptr, n_ptr, r, g, inv_rms, cols, col_ok)
 
 
 def norm_gemv(
@@ -100,7 +102,8 @@ def norm_gemv(
     shapes = [tuple(x.shape), None if delta is None else tuple(delta.shape), tuple(norm_weight.shape)]
     if shapes[0] != (1, K) or shapes[1] not in (None, (1, K)) or shapes[2] != (K,) or w.stride(1) != 1:
         got = f"x {shapes[0]}, delta {shapes[1]}, norm weight {shapes[2]}, w stride {w.stride()}"
-        raise ValueError(f"norm_gemv wants x and delta [1, {K}], norm weight [{K}] and w [N, K] with unit K stride, got {got}")
+        want = f"x and delta [1, {K}], norm weight [{K}] and w [N, K] with unit K stride"
+        raise ValueError(f"norm_gemv wants {want}, got {got}")
     x, g = x.contiguous(), norm_weight.contiguous()
     d = x if delta is None else delta.contiguous()
     cfg = cfg or default_config(K)

@@ -283,18 +283,8 @@ def kernels(w) -> None:
     for cfg in CONFIGS:
         fn = lambda: op.moe_shared_triton(x, gemv(x, w_rs, "none"), gate_up, down, shared_down, bm.K, True,
                                           decode_cfg=cfg)
-        fn()
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(20):
-                bm.flush_l2()
-                fn()
-                torch.cuda.synchronize()
-        times: dict[str, list[float]] = {}
-        for e in prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA and "reduce" not in e.name and "elem" not in e.name:
-                times.setdefault(e.name[:30], []).append(e.device_time)
-        parts = [f"{k} {torch.tensor(v).median().item():.2f}" for k, v in times.items()]
+        medians = bm.kernel_medians(fn, lambda name: "reduce" not in name and "elem" not in name)
+        parts = [f"{k[:30]} {us:.2f}" for k, us in medians.items()]
         print(f"{name(cfg)}: us per kernel (median) {'; '.join(parts)}", flush=True)
 
 

@@ -34,18 +34,7 @@ SHAPES = {"moe router_shared": (1281, 2048), "GDN in_proj 35B-A3B": (12352, 2048
 
 
 def kernel_us(fn) -> str:
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(20):
-            bm.flush_l2()
-            fn()
-            torch.cuda.synchronize()
-    times: dict[str, list[float]] = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA and "gemv" in e.name:
-            times.setdefault(e.name, []).append(e.device_time)
-    return "; ".join(f"{k} {torch.tensor(v).median().item():.2f}" for k, v in times.items())
+    return "; ".join(f"{k} {us:.2f}" for k, us in bm.kernel_medians(fn, lambda name: "gemv" in name).items())
 
 
 def kernels() -> None:
