@@ -1,7 +1,8 @@
 """AOTInductor in tests: compile an ExportedProgram the way the ExecuTorch CUDA backend does (kernels
 embedded, libtorch not linked, weights in a separate blob) and load it in-process as the runner loads an
-artifact's methods, with gdn.export's PDL launches. Packages loaded with `torch._inductor.aoti_load_package`, or their libraries through the
-container runner, segfaulted on the H100 machines (torch 2.11, even a two-op module); this path loads."""
+artifact's methods, with gdn.export's PDL launches. Packages loaded with `torch._inductor.aoti_load_package`,
+or their libraries through the container runner, segfaulted on the H100 machines (torch 2.11, even a two-op
+module); this path loads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.utils import _pytree as pytree
 
-from gdn.export.aoti_pdl import pdl_launches
+from gdn.export.aoti_pdl import LAUNCH_PDL, pdl_launches
 from gdn.runner.aoti import make_libtorch_global
 
 OPTIONS = {
@@ -48,3 +49,8 @@ def compile_and_load(ep: ExportedProgram) -> tuple[Callable[..., object], str]:
 
     call.runner = runner
     return call, src
+
+
+def pdl_launch_sites(src: str) -> int:
+    """Calls of launchKernelPdl in generated C++ (one per launcher of a kernel compiled with GDC)."""
+    return src.count(LAUNCH_PDL) - src.count("void " + LAUNCH_PDL)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from aoti_util import compile_and_load
+from aoti_util import compile_and_load, pdl_launch_sites
 from gdn.kernels import KERNEL_SETS
 from gdn.kernels.moe import reference
 
@@ -84,7 +84,7 @@ def aoti_child(name: str, dynamic: bool) -> int:
         # the op's Triton kernels are compiled into the library, not called back through the op
         assert "aoti_torch_proxy_executor_call_function" not in src and "launchKernel" in src
         # one token: the router, kernel 1 and kernel 2 launch with PDL (gdn.export.aoti_pdl); prefill: none
-        pdl_calls = src.count("launchKernelPdl(") - src.count("void launchKernelPdl(")
+        pdl_calls = pdl_launch_sites(src)
         assert pdl_calls == (0 if dynamic else 3), pdl_calls
         # the weights go to the kernels as they are: no kernel copies them first (gdn.kernels.pdl: the
         # mutation analysis must see through the grid-dependency steps)

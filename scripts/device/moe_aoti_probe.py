@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, "scripts")
 sys.path.insert(0, "tests")
 import bench_moe as bm  # noqa: E402
-from aoti_util import compile_and_load  # noqa: E402
+from aoti_util import compile_and_load, pdl_launch_sites  # noqa: E402
 from gdn.kernels.gemv import op as gemv_op  # noqa: E402
 from gdn.kernels.moe import op  # noqa: E402
 from gdn.kernels.moe.decode import DecodeConfig  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
         with torch.no_grad():
             ep = torch.export.export(chain, (x,), strict=True)
             compiled, src = compile_and_load(ep)
-            launches = src.count("launchKernelPdl(") - src.count("void launchKernelPdl(")
+            launches = pdl_launch_sites(src)
             worst = 0.0
             for _ in range(10):
                 xi = torch.randn(1, bm.H, device="cuda", dtype=bm.DT)
