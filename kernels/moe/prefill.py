@@ -45,6 +45,9 @@ class PrefillConfig:
 
 
 GROUP_BLOCK = 256  # pairs per program of the grouping kernels
+# each expert's counter on its own 128-byte line: packed, the 256 counters sat on 8 lines, and every pair's
+# atomic queued at one of those few L2 slices
+COUNT_STRIDE = 32
 SUM_BLOCK_H = 1024  # columns per program of the slot sum
 
 
@@ -222,28 +225,29 @@ def sum_slots_kernel(y_ptr, out_ptr, H: tl.constexpr, TOP_K: tl.constexpr, BLOCK
 
 
 @triton.jit
-def count_kernel(ids_ptr, counts_ptr, rank_ptr, num_pairs, BLOCK: tl.constexpr):
-    """counts[e] += 1 for each pair routed to e; rank[pair] = its arrival index within its expert."""
+def count_kernel(ids_ptr, counts_ptr, rank_ptr, num_pairs, STRIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """counts[e * STRIDE] += 1 for each pair routed to e; rank[pair] = its arrival index within its expert."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < num_pairs
     e = tl.load(ids_ptr + offs, mask=ok, other=0)
-    rank = tl.atomic_add(counts_ptr + e, tl.full([BLOCK], 1, tl.int32), mask=ok)
+    rank = tl.atomic_add(counts_ptr + e * STRIDE, tl.full([BLOCK], 1, tl.int32), mask=ok)
     tl.store(rank_ptr + offs, rank, mask=ok)
 
 
 @triton.jit
 def segments_kernel(
     counts_ptr, pad_start_ptr, block_expert_ptr, block_start_ptr, block_half_ptr, n_blocks,
-    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, HALF_TAIL: tl.constexpr, BLOCK_B: tl.constexpr,
+    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, HALF_TAIL: tl.constexpr, STRIDE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
 ):
-    """One program: each expert's segment start (counts padded to BLOCK_M, or to BLOCK_M // 2 with HALF_TAIL,
+    """One program: from the counts (expert e's at e * STRIDE), each expert's segment start (counts padded to BLOCK_M, or to BLOCK_M // 2 with HALF_TAIL,
     exclusive prefix sum) and every block's owner, first row and half flag: expert e writes its own blocks,
     the blocks past the used ones get (E, 0, 0). The two sets of writes are disjoint, so no ordering between
     the program's threads is needed."""
     SEG: tl.constexpr = BLOCK_M // 2 if HALF_TAIL else BLOCK_M
     e = tl.arange(0, E_P2)
     real = e < E
-    count = tl.load(counts_ptr + e, mask=real, other=0)
+    count = tl.load(counts_ptr + e * STRIDE, mask=real, other=0)
     padded = (count + SEG - 1) // SEG * SEG
     start = tl.cumsum(padded, 0) - padded
     tl.store(pad_start_ptr + e, start, mask=real)
@@ -283,7 +287,7 @@ def group_by_expert(
     num_pairs = ids.numel()
     n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
     flat = ids.reshape(-1).to(torch.int32)  # [T*k]
-    counts = torch.zeros(num_experts, dtype=torch.int32, device=ids.device)
+    counts = torch.zeros(num_experts * COUNT_STRIDE, dtype=torch.int32, device=ids.device)
     rank = torch.empty(num_pairs, dtype=torch.int32, device=ids.device)
     pad_start = torch.empty(num_experts, dtype=torch.int32, device=ids.device)
     block_expert = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
@@ -291,10 +295,10 @@ def group_by_expert(
     block_half = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
     pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
     grid = ((num_pairs + GROUP_BLOCK - 1) // GROUP_BLOCK,)
-    launch(count_kernel)[grid](flat, counts, rank, num_pairs, BLOCK=GROUP_BLOCK)
+    launch(count_kernel)[grid](flat, counts, rank, num_pairs, STRIDE=COUNT_STRIDE, BLOCK=GROUP_BLOCK)
     launch(segments_kernel)[(1,)](counts, pad_start, block_expert, block_start, block_half, n_blocks,
                                   E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m, HALF_TAIL=half_tail,
-                                  BLOCK_B=256)
+                                  STRIDE=COUNT_STRIDE, BLOCK_B=256)
     launch(place_kernel)[grid](flat, rank, pad_start, pairs, num_pairs, BLOCK=GROUP_BLOCK)
     return pairs, block_expert, block_start, block_half
 
