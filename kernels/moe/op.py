@@ -15,7 +15,7 @@ from torch.library import triton_op
 from .. import require_package_import
 from . import reference
 from .decode import DecodeConfig, moe_decode
-from .prefill import moe_prefill
+from .prefill import PrefillConfig, moe_prefill
 
 require_package_import(__name__)
 
@@ -25,6 +25,10 @@ require_package_import(__name__)
 # bitonic top-k since session 12; in their PDL form since session 16, launched with PDL by Triton and inside
 # artifacts (gdn.export.aoti_pdl): 29.14 against 30.21 us per layer compiled by AOTInductor (NOTES.md, session 16).
 ARTIFACT_DECODE = DecodeConfig(pdl="on")
+# The T > 1 kernels: an expert's last block a half block where its remainder fits (GEMM rows 19.2 -> 10.6 %
+# padding at T = 8192); 1.214 -> 1.198 ms there, 0.609 -> 0.594 at T = 512, outputs bit-equal (NOTES.md,
+# sessions 13, 14 and 18).
+ARTIFACT_PREFILL = PrefillConfig(half_tail=True)
 
 
 def moe_triton(
@@ -37,10 +41,11 @@ def moe_triton(
     decode_cfg: DecodeConfig = DecodeConfig(),
 ) -> torch.Tensor:
     """The Triton implementation (also what the CPU tests run under TRITON_INTERPRET=1); `decode_cfg` lets
-    the tests and the benchmark pick the T == 1 kernels, the ops take `ARTIFACT_DECODE`."""
+    the tests and the benchmark pick the T == 1 kernels, the ops take `ARTIFACT_DECODE`; T > 1 runs
+    `ARTIFACT_PREFILL`."""
     if statically_known_true(x.shape[0] == 1):
         return moe_decode(x, router_logits, gate_up, down, top_k, renormalize, cfg=decode_cfg)
-    return moe_prefill(x, router_logits, gate_up, down, top_k, renormalize)
+    return moe_prefill(x, router_logits, gate_up, down, top_k, renormalize, ARTIFACT_PREFILL)
 
 
 def moe_shared_triton(
@@ -59,7 +64,7 @@ def moe_shared_triton(
     logits, act, gate = router_shared[:, :E], router_shared[:, E : E + 2 * S], router_shared[:, E + 2 * S :]
     if statically_known_true(x.shape[0] == 1):
         return moe_decode(x, logits, gate_up, down, top_k, renormalize, shared=(act, gate, shared_down), cfg=decode_cfg)
-    routed = moe_prefill(x, logits, gate_up, down, top_k, renormalize)
+    routed = moe_prefill(x, logits, gate_up, down, top_k, renormalize, ARTIFACT_PREFILL)
     return routed + reference.shared_expert(act, gate, shared_down)
 
 
