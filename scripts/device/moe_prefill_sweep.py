@@ -1,8 +1,9 @@
 """Prefill MoE configurations on the H100 (graphed, L2 flushed, medians): the router kernel alone by top-k
-method at T = 8192, then moe_prefill per PrefillConfig at T = 512 / 2048 / 8192: the default against half tail
-blocks and against the "topk" router (each alone and both) at every T, the other configs at T = 8192 only; per
-T the GEMM rows that are padding by grouping, each config's output against the default's, and at 8192 the
-per-kernel split of the default, the half tail and the best config.
+method at T = 8192, then moe_prefill per PrefillConfig at T = 512 / 2048 / 8192: the op's config against full
+(BLOCK_M-padded) blocks and against the "topk" router at every T, the other configs at T = 8192 only; per T the
+GEMM rows that are padding by grouping, each config's output against the default's; at 8192 the per-kernel
+split of the default, the full blocks and the best config, and torch._grouped_mm (CUTLASS) on the same two
+GEMMs as a peer.
 
     python scripts/device/moe_prefill_sweep.py [--T 8192 2048 512] [--configs NAME ...] [--iters 10] [--list]
 """
@@ -20,24 +21,24 @@ import bench_gdn  # noqa: E402
 import bench_moe as bm  # noqa: E402
 from gdn.kernels.moe import reference  # noqa: E402
 from gdn.kernels.moe.launch import next_pow2  # noqa: E402
-from gdn.kernels.moe.prefill import PrefillConfig, group_by_expert, moe_prefill  # noqa: E402
+from gdn.kernels.moe.op import ARTIFACT_PREFILL  # noqa: E402
+from gdn.kernels.moe.prefill import group_by_expert, moe_prefill  # noqa: E402
 from gdn.kernels.moe.route import PICKS, route_kernel  # noqa: E402
 
-BASE = PrefillConfig()
+BASE = ARTIFACT_PREFILL
 COMPARED = {  # timed at every T
-    "default": BASE,
-    "half tail": replace(BASE, half_tail=True),
+    "default (the op's, half tail)": BASE,
+    "full blocks": replace(BASE, half_tail=False),
     "router topk": replace(BASE, pick="topk"),
-    "half tail, router topk": replace(BASE, half_tail=True, pick="topk"),
 }
 CONFIGS = {
     **COMPARED,
     "blocks first (the order before session 9)": replace(BASE, n_first=False),
     "router argmax": replace(BASE, pick="argmax"),
     "down 4 warps": replace(BASE, down_warps=4),
-    "bn 128, down 256 x 8 warps": replace(BASE, block_n=128, down_block_n=256),
-    # a deeper pipeline in the same 96 KB, so two programs still fit an SM (scripts/sass_moe_prefill.py)
-    "bk 32 x 6 stages": replace(BASE, block_k=32, stages=6),
+    # 128 x 2*128 gate/up and 128 x 256 down tiles: 16 warps hold them in ~100 registers, one program per SM
+    # (8 warps needed 255: scripts/sass_moe_prefill.py); 1.278 against 1.214 ms in session 18
+    "wide x 16 warps": replace(BASE, block_n=128, warps=16, down_block_n=256, down_warps=16),
 }
 
 
@@ -99,9 +100,15 @@ def main() -> int:
             if T == 8192 and ms < best_ms:
                 best, best_ms = cfg, ms
         if T == 8192:
+            try:
+                t1, t2 = bm.grouped_mm_ms(x, logits, gate_up, down, args.iters)
+                print(f"T {T} peer torch._grouped_mm (sorted, unpadded): gate/up {t1:.3f} ms, down {t2:.3f} ms, "
+                      f"both {t1 + t2:.3f} ms")
+            except Exception as e:  # noqa: BLE001
+                print(f"T {T} peer torch._grouped_mm: failed {repr(e)[:200]}")
             print(f"best {best}")
-            for name, cfg in {"default": BASE, "half tail": COMPARED["half tail"], "best": best}.items():
-                if cfg is not None and (name != "best" or best not in (BASE, COMPARED["half tail"])):
+            for name, cfg in {"default": BASE, "full blocks": COMPARED["full blocks"], "best": best}.items():
+                if cfg is not None and (name != "best" or best not in (BASE, COMPARED["full blocks"])):
                     print(f"split, {name}:", bench_gdn.kernel_split(
                         lambda cfg=cfg: moe_prefill(x, logits, gate_up, down, bm.K, True, cfg=cfg)))
     return 0
