@@ -335,8 +335,8 @@ PREFILL_CASES = [(m, s) for s in PREFILL_SHAPES for m in ("random", "ties", "col
 @pytest.mark.parametrize("mode,shape", PREFILL_CASES, ids=[f"{s}-{m}" for m, s in PREFILL_CASES])
 @pytest.mark.parametrize("cfg", PREFILL_CONFIGS.values(), ids=PREFILL_CONFIGS.keys())
 def test_prefill_configs_interpreted(cfg, shape, mode, poisoned):
-    """The prefill's other router methods, grid orders and half tail blocks (the default runs in
-    test_triton_moe_interpreted). T65-E8-k2 at BLOCK_M 32 gives experts of half blocks only, of full ones,
+    """The prefill's other router methods, grid orders and block sizes, full and half tail blocks (the ops'
+    config, op.ARTIFACT_PREFILL, runs in test_triton_moe_interpreted). T65-E8-k2 at BLOCK_M 32 gives experts of half blocks only, of full ones,
     and of full ones then a half one; "hot" puts 65 pairs on one expert, just above half of BLOCK_M 128."""
     T, E, top_k, H, I = PREFILL_SHAPES[shape]
     x = torch.randn(T, H)
@@ -460,15 +460,16 @@ def test_group_by_expert_kernels_match_the_reference_cuda(T, E, k, half_tail, po
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("cfg", [PrefillConfig(), PrefillConfig(half_tail=True)], ids=["full-blocks", "half-tail"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("mode,T", [("random", 333), ("random", 8192), ("hot", 4096)], ids=["random-T333", "random-T8192", "hot-T4096"])
-def test_prefill_half_tail_cuda(mode, T, dtype, gpu_weights, poisoned):
-    """Half tail blocks at the Qwen3.5-35B-A3B shapes (E 256, top-8): at T = 8192 about half the experts end
-    in a half block."""
+def test_prefill_blocks_cuda(mode, T, dtype, cfg, gpu_weights, poisoned):
+    """Full blocks and half tail blocks (the ops' config, which test_gdn_moe_cuda runs up to T = 4096) at the
+    Qwen3.5-35B-A3B shapes (E 256, top-8): at T = 8192 about half the experts end in a half block."""
     gate_up, down = gpu_weights(256, dtype)
     x = torch.randn(T, 2048, device="cuda").to(dtype)
     logits = make_logits(T, 256, mode, dtype, "cuda")
-    got = moe_prefill(x, logits, gate_up, down, 8, True, cfg=PrefillConfig(half_tail=True))
+    got = moe_prefill(x, logits, gate_up, down, 8, True, cfg=cfg)
     check(got, x, logits, gate_up, down, 8, True, mode)
 
 

@@ -26,7 +26,7 @@ require_package_import(__name__)
 # artifacts (gdn.export.aoti_pdl): 29.14 against 30.21 us per layer compiled by AOTInductor (NOTES.md, session 16).
 ARTIFACT_DECODE = DecodeConfig(pdl="on")
 # The T > 1 kernels: an expert's last block a half block where its remainder fits (GEMM rows 19.2 -> 10.6 %
-# padding at T = 8192); 1.214 -> 1.198 ms there, 0.609 -> 0.594 at T = 512, outputs bit-equal (NOTES.md,
+# padding at T = 8192); 1.203 -> 1.188 ms there, 0.610 -> 0.595 at T = 512, outputs bit-equal (NOTES.md,
 # sessions 13, 14 and 18).
 ARTIFACT_PREFILL = PrefillConfig(half_tail=True)
 

@@ -240,10 +240,10 @@ def segments_kernel(
     E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, HALF_TAIL: tl.constexpr, STRIDE: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """One program: from the counts (expert e's at e * STRIDE), each expert's segment start (counts padded to BLOCK_M, or to BLOCK_M // 2 with HALF_TAIL,
-    exclusive prefix sum) and every block's owner, first row and half flag: expert e writes its own blocks,
-    the blocks past the used ones get (E, 0, 0). The two sets of writes are disjoint, so no ordering between
-    the program's threads is needed."""
+    """One program: from the counts (expert e's at e * STRIDE), each expert's segment start (counts padded to
+    BLOCK_M, or to BLOCK_M // 2 with HALF_TAIL, exclusive prefix sum) and every block's owner, first row and
+    half flag: expert e writes its own blocks, the blocks past the used ones get (E, 0, 0). The two sets of
+    writes are disjoint, so no ordering between the program's threads is needed."""
     SEG: tl.constexpr = BLOCK_M // 2 if HALF_TAIL else BLOCK_M
     e = tl.arange(0, E_P2)
     real = e < E
