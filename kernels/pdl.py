@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .gated_delta_rule.launch import INTERPRETED
+from .launch import INTERPRETED
 
 MODES = ("off", "on", "serial")
 

@@ -24,7 +24,7 @@ from gdn.kernels.moe.decode import BASELINE, UNROLLED, DecodeConfig, decode_rout
 from gdn.kernels.moe import decode_layer
 from gdn.kernels.moe.decode_layer import LayerConfig, moe_layer_decode, sync_len, ticket_items
 from gdn.kernels.moe.prefill import PrefillConfig, group_by_expert, moe_prefill
-from gdn.kernels.moe.launch import next_pow2
+from gdn.kernels.launch import next_pow2
 from gdn.kernels.moe.route import PICKS, route_kernel
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}

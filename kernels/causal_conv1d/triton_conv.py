@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..gated_delta_rule.launch import dense, inner_contiguous, launcher
+from ..launch import dense, inner_contiguous, launcher
 
 
 @triton.jit(do_not_specialize=["T"])  # one binary for every length

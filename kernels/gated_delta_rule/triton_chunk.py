@@ -32,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRETED, check_heads, dense, launcher
+from ..launch import INTERPRETED, dense, launcher
+from .triton_decode import check_heads
 
 CHUNK = 64  # `_unit_lower_inverse` is written for 64-row chunks
 PATHS = ("fused", "split")

@@ -11,8 +11,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_heads, inner_contiguous, launcher
+from ..launch import inner_contiguous, launcher
 
+
+
+def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor) -> None:
+    """One clear line for shapes the kernels cannot take (static shapes, checked while tracing too)."""
+    Hk, K, Hv, V = q.shape[2], q.shape[3], v.shape[2], v.shape[3]
+    if k.shape != q.shape:
+        raise ValueError(f"k shape {tuple(k.shape)} differs from q shape {tuple(q.shape)}")
+    if Hv % Hk != 0:
+        raise ValueError(f"value heads Hv={Hv} are not a multiple of key heads Hk={Hk}")
+    if tuple(state.shape) != (1, Hv, K, V) or state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"state must be a contiguous float32 [1, {Hv}, {K}, {V}], got {state.dtype} {tuple(state.shape)}")
 
 @triton.jit
 def _recurrent_kernel(

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..gated_delta_rule.launch import launcher
+from ..launch import launcher
 from ..pdl import grid_release, grid_wait, pdl_args
 from .reference import ACTS
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..pdl import MODES as PDL_MODES, grid_release, grid_wait, pdl_args
-from .launch import launch, next_pow2
+from ..launch import launcher, next_pow2
 from .route import PICKS, route_any, route_store
 
 CHOICES = {"router": ("inline", "kernel"), "pick": PICKS, "gate_up": ("tile", "unrolled"),
@@ -408,7 +408,7 @@ def decode_route(router_logits, ids, weights, top_k: int, renormalize: bool, cfg
     else:
         act, gate, s_down = shared
         (H, S), block = s_down.shape, min(cfg.block_shared, next_pow2(s_down.shape[0]))
-    launch(decode_route_kernel)[(1 + (triton.cdiv(H, block) if block else 0),)](
+    launcher(decode_route_kernel)[(1 + (triton.cdiv(H, block) if block else 0),)](
         router_logits, router_logits.stride(1), ids, weights, act, act.stride(-1), gate, s_down,
         ids if shared_out is None else shared_out,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
@@ -435,7 +435,7 @@ def decode_gate_up(x, router_logits, gate_up, top_k: int, renormalize: bool, cfg
         kernel, grid = decode_gate_up_kernel, (top_k, triton.cdiv(I, block_i))
     else:
         kernel, grid = gate_up_unrolled_kernel, (top_k * triton.cdiv(I, block_i),)
-    launch(kernel)[grid](
+    launcher(kernel)[grid](
         x, router_logits, router_logits.stride(1), gate_up, h, ids, weights,
         H=H, I=I, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
         ROUTE=inline, PICK=PICKS.index(cfg.pick), BLOCK_I=block_i, BLOCK_H=block_h, num_warps=cfg.warps_gate_up,
@@ -462,13 +462,13 @@ def decode_down(h, ids, weights, down, out, shared, cfg: DecodeConfig, shared_ou
         pdl = pdl_args(cfg.pdl, out)
         if pdl["PDL"]:
             block_inner = max(16, next_pow2(max(I, S)))  # one step: all weights load before the wait
-        launch(decode_down_kernel)[(triton.cdiv(H, block_out),)](
+        launcher(decode_down_kernel)[(triton.cdiv(H, block_out),)](
             *args, h if shared_out is None else shared_out, H=H, I=I, S=S, TOP_K=top_k, K_P2=k_p2,
             SHARED=0 if shared is None else 1 if shared_out is None else 2,
             BLOCK_OUT=block_out, BLOCK_INNER=block_inner, num_warps=cfg.warps_down, **pdl,
         )
     else:
-        launch(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](
+        launcher(down_unrolled_kernel)[(triton.cdiv(H, block_out),)](
             *args, H=H, I=I, S=S, TOP_K=top_k, K_P2=next_pow2(top_k), HAS_SHARED=shared is not None,
             BLOCK_OUT=block_out, BLOCK_INNER=min(cfg.block_inner, next_pow2(max(I, S))), num_warps=cfg.warps_down,
         )

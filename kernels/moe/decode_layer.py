@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import INTERPRETED, launch, next_pow2
+from ..launch import INTERPRETED, launcher, next_pow2
 from .route import pick_top_k
 
 # sync, int32, zero between calls; one 128-byte line per counter (the ticket's and the finish counter's atomics
@@ -332,7 +332,7 @@ def moe_layer_decode(
     out = torch.empty_like(x)
     block_i = min(cfg.block_i, next_pow2(HS))
     grid = (len(ticket_items(E, H, I, S, top_k, cfg)),)
-    launch(moe_layer_decode_kernel)[grid](
+    launcher(moe_layer_decode_kernel)[grid](
         x.contiguous(), w_rs, gate_up, down, shared_down, out, logits, weights, h, part, sync,
         H=H, I=I, S=S, E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, HS=HS,
         BLOCK_R=cfg.block_r, BLOCK_I=block_i, BLOCK_H=min(cfg.block_h, next_pow2(H)), BLOCK_OUT=d_rows(cfg, H),

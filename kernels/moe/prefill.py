@@ -17,8 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..gated_delta_rule.launch import dense
-from .launch import INTERPRETED, launch, next_pow2
+from ..launch import INTERPRETED, dense, launcher, next_pow2
 from .route import PICKS, route_kernel
 
 
@@ -295,11 +294,11 @@ def group_by_expert(
     block_half = torch.empty(n_blocks, dtype=torch.int32, device=ids.device)
     pairs = torch.full((n_blocks * block_m,), num_pairs, dtype=torch.int32, device=ids.device)
     grid = ((num_pairs + GROUP_BLOCK - 1) // GROUP_BLOCK,)
-    launch(count_kernel)[grid](flat, counts, rank, num_pairs, STRIDE=COUNT_STRIDE, BLOCK=GROUP_BLOCK)
-    launch(segments_kernel)[(1,)](counts, pad_start, block_expert, block_start, block_half, n_blocks,
+    launcher(count_kernel)[grid](flat, counts, rank, num_pairs, STRIDE=COUNT_STRIDE, BLOCK=GROUP_BLOCK)
+    launcher(segments_kernel)[(1,)](counts, pad_start, block_expert, block_start, block_half, n_blocks,
                                   E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m, HALF_TAIL=half_tail,
                                   STRIDE=COUNT_STRIDE, BLOCK_B=256)
-    launch(place_kernel)[grid](flat, rank, pad_start, pairs, num_pairs, BLOCK=GROUP_BLOCK)
+    launcher(place_kernel)[grid](flat, rank, pad_start, pairs, num_pairs, BLOCK=GROUP_BLOCK)
     return pairs, block_expert, block_start, block_half
 
 
@@ -323,7 +322,7 @@ def moe_prefill(
     x, router_logits = dense(x, router_logits)
     ids = torch.empty((T, top_k), device=x.device, dtype=torch.int32)
     weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
-    launch(route_kernel)[(T,)](
+    launcher(route_kernel)[(T,)](
         router_logits, router_logits.stride(0), router_logits.stride(1), ids, weights,
         E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, PICK=PICKS.index(cfg.pick),
     )
@@ -337,7 +336,7 @@ def moe_prefill(
     h = torch.empty((n_blocks * bm, I), device=x.device, dtype=x.dtype)
     bn = min(cfg.block_n, max(16, next_pow2(I)))
     bk = min(cfg.block_k, max(16, next_pow2(H)))
-    launch(grouped_gate_up_kernel)[grid(n_first, n_blocks, triton.cdiv(I, bn))](
+    launcher(grouped_gate_up_kernel)[grid(n_first, n_blocks, triton.cdiv(I, bn))](
         x, gate_up, pairs, block_expert, block_start, block_half, h, num_pairs,
         H=H, I=I, E=E, TOP_K=top_k, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, HALF_TAIL=cfg.half_tail,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
@@ -346,7 +345,7 @@ def moe_prefill(
     y = torch.empty((num_pairs, H), device=x.device, dtype=x.dtype)
     bn = min(cfg.down_block_n, max(16, next_pow2(H)))
     bk = min(cfg.block_k, max(16, next_pow2(I)))
-    launch(grouped_down_kernel)[grid(n_first, n_blocks, triton.cdiv(H, bn))](
+    launcher(grouped_down_kernel)[grid(n_first, n_blocks, triton.cdiv(H, bn))](
         h, down, pairs, block_expert, block_start, block_half, weights, y, num_pairs,
         H=H, I=I, E=E, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, HALF_TAIL=cfg.half_tail,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
@@ -354,5 +353,5 @@ def moe_prefill(
     )
     out = torch.empty_like(x)
     bh = min(SUM_BLOCK_H, max(16, next_pow2(H)))
-    launch(sum_slots_kernel)[(T, triton.cdiv(H, bh))](y, out, H=H, TOP_K=top_k, BLOCK_H=bh)
+    launcher(sum_slots_kernel)[(T, triton.cdiv(H, bh))](y, out, H=H, TOP_K=top_k, BLOCK_H=bh)
     return out

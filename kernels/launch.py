@@ -1,4 +1,5 @@
-"""Launching Triton kernels from inside `torch.library.triton_op` bodies, also under the interpreter."""
+"""Launching our Triton kernels from inside `torch.library.triton_op` bodies, also under Triton's interpreter
+(TRITON_INTERPRET=1, which CI uses to run them on CPU tensors), and small helpers every op folder shares."""
 
 from __future__ import annotations
 
@@ -90,12 +91,5 @@ def inner_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor) -> None:
-    """One clear line for shapes the kernels cannot take (static shapes, checked while tracing too)."""
-    Hk, K, Hv, V = q.shape[2], q.shape[3], v.shape[2], v.shape[3]
-    if k.shape != q.shape:
-        raise ValueError(f"k shape {tuple(k.shape)} differs from q shape {tuple(q.shape)}")
-    if Hv % Hk != 0:
-        raise ValueError(f"value heads Hv={Hv} are not a multiple of key heads Hk={Hk}")
-    if tuple(state.shape) != (1, Hv, K, V) or state.dtype != torch.float32 or not state.is_contiguous():
-        raise ValueError(f"state must be a contiguous float32 [1, {Hv}, {K}, {V}], got {state.dtype} {tuple(state.shape)}")
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
