@@ -1,11 +1,20 @@
-"""Run a gdn-export artifact from Python: `Runner.load(path)`, `runner.generate(...)`, `runner.session()`."""
+"""Run a gdn-export artifact from Python: `Runner.load(path)`, `runner.generate(...)`, `runner.session()`.
+
+The path of a generation, module by module: artifact.py (read the .pte / .ptd) -> methods.py (load prefill and
+decode, CPU or CUDA) -> api.py (Runner: encode, prefill, decode loop, detokenize) with loop.py (the chunked
+prefill and the decode step, graphed by cuda_graph.py, sampling by sampling.py) and tokenizer.py; session.py
+keeps a conversation, stream.py is what a turn returns, errors.py every user error, cli.py is gdn-run.
+"""
 
 from .api import Runner
-from .generate import ContextFullError, InputError, Timings
-from .sampling import SamplingError, SamplingParams
-from .session import GenerationResult, Session, TextStream
+from .errors import USER_ERRORS, ArtifactError, ContextFullError, InputError, SamplingError, TemplateError
+from .sampling import SamplingParams
+from .session import Session
+from .stream import GenerationResult, TextStream, Timings
 
 __all__ = [
+    "USER_ERRORS",
+    "ArtifactError",
     "ContextFullError",
     "GenerationResult",
     "InputError",
@@ -13,6 +22,7 @@ __all__ = [
     "SamplingError",
     "SamplingParams",
     "Session",
+    "TemplateError",
     "TextStream",
     "Timings",
 ]

@@ -8,10 +8,10 @@
     chat.generate("Hi, I am Ana.", chat=True)
     chat.generate("What is my name?", chat=True)  # prefills only the new turn
 
-A Runner holds one model state and is not thread-safe: it runs one generation at a time, and a second
-one started while another is unfinished (from any thread) raises RuntimeError instead of corrupting
-the state. A service shares it behind a lock or a queue, or loads one Runner per worker. There is no
-global state: any number of Runners can live in one process.
+A Runner owns one model state, the lock over it and the decode loop. It runs one generation at a time: a
+second one started while another is unfinished (from any thread) raises RuntimeError instead of corrupting the
+state. A service shares it behind a lock or a queue, or loads one Runner per worker. There is no global state:
+any number of Runners can live in one process.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import torch
 
-from .generate import DecodeLoop, DecodeMethods, InputError
-from .sampling import Sampler, SamplingParams
-from .session import GenerationResult, Prompt, Session, TextStream
-from .tokenizer import ChatTemplate, Tokenizer
+from .errors import ContextFullError, InputError
+from .loop import DecodeLoop, prefill
+from .methods import Methods
+from .sampling import SamplingParams
+from .session import Prompt, Session, user_message
+from .stream import GenerationResult, TextStream
+from .tokenizer import ChatTemplate, StreamDecoder, Tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 256
 
@@ -36,7 +39,7 @@ DEFAULT_MAX_NEW_TOKENS = 256
 class Runner:
     def __init__(
         self,
-        methods: DecodeMethods,
+        methods: Methods,
         meta: Any,
         tokenizer_json: str | None = None,
         *,
@@ -44,22 +47,16 @@ class Runner:
         warmup: int = 3,
         load_s: float = 0.0,
     ):
-        """`meta` is the artifact's Metadata; `cuda_graph` None means on for a CUDA device. On a CPU
-        device the decode step always runs eagerly (cuda_graph=True is ignored there)."""
+        """`meta` is the artifact's Metadata; `cuda_graph` None means on for a CUDA device. On a CPU device the
+        decode step always runs eagerly (cuda_graph=True is ignored there)."""
         self.methods, self.meta, self.load_s = methods, meta, load_s
         self.device = torch.device(methods.device)
         self.cuda_graph = self.device.type == "cuda" and cuda_graph is not False
-        self.warmup = warmup
         self.tokenizer = Tokenizer(tokenizer_json) if tokenizer_json else None
-        self.chat_template = None
-        if meta.chat_template and self.tokenizer:
-            name = self.tokenizer.id_to_token
-            bos = name(meta.bos_token_id) if meta.bos_token_id is not None else None
-            eos = name(meta.eos_token_ids[0]) if meta.eos_token_ids else None
-            self.chat_template = ChatTemplate(meta.chat_template, bos, eos)
+        self.chat_template = _chat_template(meta, self.tokenizer)
         self.stop_ids = frozenset(meta.stop_token_ids) | frozenset(meta.eos_token_ids)
-        self.owner: Session | None = None  # the session whose tokens the model state holds
-        self._loop: DecodeLoop | None = None
+        self._loop = DecodeLoop(methods, meta.vocab_size, cuda_graph=self.cuda_graph, warmup=warmup)
+        self._held: list[int] = []  # the ids whose effect the model state holds, from position 0
         self._busy = threading.Lock()
 
     @classmethod
@@ -86,12 +83,16 @@ class Runner:
     def vocab_size(self) -> int:
         return self.meta.vocab_size
 
+    @property
+    def graph_counters(self) -> dict:
+        return vars(self._loop.graph.counters).copy()
+
     def sampling(
         self, temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
         seed: int | None = None,
     ) -> SamplingParams:
-        """Sampling settings: the ones given, else the artifact's generation defaults; no seed means a
-        fresh random one (recorded in the result)."""
+        """Sampling settings: the ones given, else the artifact's generation defaults; no seed means a fresh
+        random one (recorded in the result)."""
         d = self.meta.generation_defaults or {}
         default_t = 0.0 if d.get("do_sample") is False else float(d.get("temperature", 0.0))
         return SamplingParams(
@@ -101,9 +102,6 @@ class Runner:
             seed=secrets.randbits(31) if seed is None else seed,
         )
 
-    def default_sampling(self) -> SamplingParams:
-        return self.sampling()
-
     def default_max_new_tokens(self) -> int:
         return int((self.meta.generation_defaults or {}).get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
 
@@ -112,9 +110,7 @@ class Runner:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise InputError("this artifact has no tokenizer: give the prompt as token ids")
-            if not prompt:
-                raise InputError("the prompt is empty")
-            ids = self.tokenizer.encode(prompt, add_special_tokens=first)
+            ids = self.tokenizer.encode(prompt, add_special_tokens=first) if prompt else []
         else:
             ids = [int(t) for t in prompt]
             bad = [t for t in ids if not 0 <= t < self.vocab_size]
@@ -132,23 +128,98 @@ class Runner:
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
         return self.tokenizer.encode(self.render_chat(messages, add_generation_prompt=True))
 
-    def decode_loop(self, params: SamplingParams, reset_counter: bool = True) -> DecodeLoop:
-        """The decode loop, its sampler set to `params`; built once and kept, so the graph survives turns."""
-        if self._loop is None:
-            sampler = Sampler(params, self.vocab_size, self.device)
-            self._loop = DecodeLoop(self.methods, sampler, cuda_graph=self.cuda_graph, warmup=self.warmup)
-        elif self._loop.sampler.compatible(params):
-            self._loop.sampler.update(params, reset_counter)
-        else:
-            self._loop.sampler = Sampler(params, self.vocab_size, self.device)  # the graph sees new deps
-        return self._loop
+    def text(self, ids: Sequence[int]) -> str | None:
+        """Generated ids as text, stop tokens left out; None without a tokenizer."""
+        return self.tokenizer.decode([t for t in ids if t not in self.stop_ids]) if self.tokenizer else None
 
-    @property
-    def graph_counters(self) -> dict:
-        return vars(self._loop.graph.counters).copy() if self._loop else {}
+    def session(self) -> Session:
+        return Session(self)
+
+    def stream(self, prompt: Prompt, *, chat: bool = False, **options) -> TextStream:
+        """A new sequence from position 0: `prompt` (text or ids), or with chat=True a user message rendered
+        through the chat template. Options: max_new_tokens, and `sampling` or temperature / top_k / top_p /
+        seed over the artifact's generation defaults."""
+        ids = self.encode_chat([user_message(prompt)]) if chat else self.encode(prompt)
+        return self._turn(ids, reuse=False, **options)
+
+    def generate(self, prompt: Prompt, **kwargs) -> GenerationResult:
+        return self.stream(prompt, **kwargs).consume()
+
+    def close(self) -> None:
+        self.methods.close()
+
+    def _turn(
+        self,
+        ids: list[int],
+        *,
+        reuse: bool,
+        on_end: Callable[[GenerationResult], None] | None = None,
+        max_new_tokens: int | None = None,
+        sampling: SamplingParams | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> TextStream:
+        """Check the settings and the fit now, before any work; the turn itself runs as the stream is read.
+        reuse: keep the state's prefix of `ids` (a session's next turn); on_end(result): called when the turn
+        ends, also when its stream is closed early."""
+        steps = self.default_max_new_tokens() if max_new_tokens is None else max_new_tokens
+        if steps < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {steps}")
+        params = sampling or self.sampling(temperature, top_k, top_p, seed)
+        if len(ids) >= self.max_seq_len:
+            raise ContextFullError(f"prompt of {len(ids)} tokens does not fit max_seq_len {self.max_seq_len} "
+                                   "(room is needed for one new token)")
+        result = GenerationResult(prompt_ids=ids, sampling=params)
+        return TextStream(self._generate(result, steps, reuse, on_end))
+
+    def _generate(
+        self, result: GenerationResult, max_new_tokens: int, reuse: bool,
+        on_end: Callable[[GenerationResult], None] | None,
+    ) -> Generator[tuple[int, str], None, GenerationResult]:
+        """The generation path: claim the state, prefill what it lacks, run the decode loop, detokenize."""
+        ids, out, t = result.prompt_ids, result.generated_ids, result.timings
+        with self._exclusive():
+            start = self._reusable(ids) if reuse else 0
+            self._held = []  # unknown until the turn ends
+            self._loop.set_sampling(result.sampling, reset_counter=start == 0)
+            decoder = StreamDecoder(self.tokenizer) if self.tokenizer else None
+            limit = min(max_new_tokens, self.max_seq_len - len(ids))  # every fed token needs a cache slot
+            result.reused_tokens, result.prefilled_tokens = start, len(ids) - start
+            t.prompt_tokens = len(ids) - start
+            t0 = time.perf_counter()
+            try:
+                token = self._loop.start(prefill(self.methods, ids[start:], start, self.prefill_chunk), len(ids))
+                t.prefill_s = time.perf_counter() - t0
+                while True:
+                    out.append(token)
+                    t.generated_tokens = len(out)
+                    yield token, decoder.push(token) if decoder and token not in self.stop_ids else ""
+                    if token in self.stop_ids or len(out) >= limit:
+                        break
+                    token = self._loop.step()
+                    t.decode_s = time.perf_counter() - t0 - t.prefill_s
+                tail = decoder.flush() if decoder else ""
+                if tail:
+                    yield -1, tail
+            finally:  # also when the stream is closed early: the state holds what ran
+                self._held = ids + out[:-1] if out else []
+                if on_end is not None:
+                    on_end(result)
+        result.stop_reason = ("stop_token" if out[-1] in self.stop_ids else
+                              "max_new_tokens" if len(out) == max_new_tokens else "context_full")
+        result.text = self.text(out)
+        result.decode_path, result.graph = self._loop.path, self.graph_counters
+        return result
+
+    def _reusable(self, ids: list[int]) -> int:
+        """How many leading ids of `ids` the state already holds: all it holds if that is a proper prefix."""
+        n = len(self._held)
+        return n if 0 < n < len(ids) and ids[:n] == self._held else 0
 
     @contextmanager
-    def acquire(self) -> Iterator[None]:
+    def _exclusive(self) -> Iterator[None]:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this Runner is already generating; it runs one generation at a time")
         try:
@@ -156,16 +227,10 @@ class Runner:
         finally:
             self._busy.release()
 
-    def session(self) -> Session:
-        return Session(self)
 
-    def stream(self, prompt: Prompt, **kwargs) -> TextStream:
-        """A new sequence from a clean state; see Session.stream for the arguments."""
-        return Session(self).stream(prompt, **kwargs)
-
-    def generate(self, prompt: Prompt, **kwargs) -> GenerationResult:
-        return self.stream(prompt, **kwargs).consume()
-
-    def close(self) -> None:
-        self._loop = None
-        self.methods.close()
+def _chat_template(meta: Any, tokenizer: Tokenizer | None) -> ChatTemplate | None:
+    if not (meta.chat_template and tokenizer):
+        return None
+    bos = tokenizer.id_to_token(meta.bos_token_id) if meta.bos_token_id is not None else None
+    eos = tokenizer.id_to_token(meta.eos_token_ids[0]) if meta.eos_token_ids else None
+    return ChatTemplate(meta.chat_template, bos, eos)

@@ -9,8 +9,8 @@ import json
 import mmap
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
+from .errors import ArtifactError
 from .flatbuf import FormatError, PteLayout, Segment, read_pte, read_ptd
 
 FORMAT_VERSION = 1
@@ -18,10 +18,6 @@ METADATA_KEY = "gdn.metadata"
 TOKENIZER_KEY = "gdn.tokenizer"
 METHODS = ("prefill", "decode")
 BACKENDS = ("cuda", "cpu")
-
-
-class ArtifactError(Exception):
-    """A one-line, user-facing message about an artifact that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,3 @@ def _open_data(pte: Path, methods: tuple[str, ...]) -> tuple[Path, dict[str, Seg
     if missing:
         raise ArtifactError(f"{data_path} does not hold {missing}; it belongs to another artifact")
     return data_path, named
-
-
-def metadata_dict(meta: Metadata) -> dict[str, Any]:
-    return json.loads(meta.to_json())

@@ -9,16 +9,7 @@ from pathlib import Path
 
 import click
 
-from .artifact import ArtifactError
-from .generate import InputError
-from .sampling import SamplingError
-from .tokenizer import TemplateError
-
-USER_ERRORS = (ArtifactError, InputError, SamplingError, TemplateError)
-
-
-class UserError(Exception):
-    """A bad command line; printed as one line, exit 2."""
+from .errors import USER_ERRORS, InputError
 
 
 def _seconds_since_process_start() -> float | None:
@@ -35,9 +26,9 @@ def _parse_ids(text: str) -> list[int]:
     try:
         ids = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise UserError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+        raise InputError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
     if not ids:
-        raise UserError("--prompt-ids is empty")
+        raise InputError("--prompt-ids is empty")
     return ids
 
 
@@ -45,19 +36,19 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None, prompt_ids: str |
     given = [name for name, v in (("--prompt", prompt), ("--prompt-file", prompt_file), ("--prompt-ids", prompt_ids))
              if v is not None]
     if len(given) != 1:
-        raise UserError("give exactly one of --prompt, --prompt-file, --prompt-ids" +
+        raise InputError("give exactly one of --prompt, --prompt-file, --prompt-ids" +
                         (f" (got {', '.join(given)})" if given else ""))
     if prompt_ids is not None:
         if chat:
-            raise UserError("--chat needs a text prompt (--prompt or --prompt-file), not --prompt-ids")
+            raise InputError("--chat needs a text prompt (--prompt or --prompt-file), not --prompt-ids")
         return _parse_ids(prompt_ids)
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read --prompt-file {str(prompt_file)!r}: {e}") from None
+            raise InputError(f"cannot read --prompt-file {str(prompt_file)!r}: {e}") from None
     if not prompt.strip():
-        raise UserError("the prompt is empty")
+        raise InputError("the prompt is empty")
     return prompt
 
 
@@ -97,7 +88,7 @@ def command(model, prompt, prompt_file, prompt_ids, max_new_tokens, temperature,
     """Generate text (or token ids) from a gdn-export artifact."""
     prompt = _read_prompt(prompt, prompt_file, prompt_ids, chat)
     if max_new_tokens is not None and max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     from .api import Runner  # torch is imported here, after the cheap checks
 
     runner = Runner.load(model, cuda_graph=cuda_graph)
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         click.echo(f"gdn-run: error: {e.format_message()}", err=True)
         code = 2
-    except (UserError, *USER_ERRORS) as e:
+    except USER_ERRORS as e:
         click.echo(f"gdn-run: error: {e}", err=True)
         code = 2
     except KeyboardInterrupt:

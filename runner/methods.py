@@ -1,16 +1,24 @@
-"""Execute an artifact's `prefill` and `decode`: `executorch.runtime` on CPU, AOTInductor containers on CUDA.
+"""An artifact's two methods, `prefill` and `decode`, behind one protocol: CPU programs through
+`executorch.runtime`, CUDA programs through torch's AOTInductor runtime, side by side.
 
-Both methods read and update the same state inside the program; a call with input_pos[0] == 0 starts a
-new sequence (the reset happens on the device).
+Both methods read and update the same state inside the program; a call with input_pos[0] == 0 starts a new
+sequence (the reset happens on the device).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from .artifact import Artifact, ArtifactError
+from .artifact import METHODS, Artifact
+from .errors import ArtifactError
+from .flatbuf import Segment
 
 
 class Methods(Protocol):
@@ -23,11 +31,20 @@ class Methods(Protocol):
         """tokens [1, 1], input_pos [1] -> logits [1, vocab]."""
 
     def close(self) -> None:
-        """Release the program (and on CUDA the GPU memory and temporary files)."""
+        """Release the program (and on CUDA the GPU memory)."""
+
+
+def load_methods(artifact: Artifact) -> Methods:
+    if artifact.meta.backend == "cpu":
+        return CpuMethods(artifact)
+    if not torch.cuda.is_available():
+        raise ArtifactError(f"{artifact.path} is a CUDA artifact but no CUDA GPU is available")
+    return CudaMethods(artifact)
 
 
 class CpuMethods:
-    """The two methods through the executorch pip wheel's runtime; the program is memory-mapped by it."""
+    """The two methods through the executorch pip wheel's runtime; the program is memory-mapped by it. The
+    mutable state lives in one memory arena that the two methods share."""
 
     def __init__(self, artifact: Artifact):
         from executorch.runtime import Runtime, Verification
@@ -51,11 +68,107 @@ class CpuMethods:
         self._prefill = self._decode = self._program = None
 
 
-def load_methods(artifact: Artifact) -> Methods:
-    if artifact.meta.backend == "cpu":
-        return CpuMethods(artifact)
-    if not torch.cuda.is_available():
-        raise ArtifactError(f"{artifact.path} is a CUDA artifact but no CUDA GPU is available")
-    from .aoti import CudaMethods
+class CudaMethods:
+    """Each method's AOTInductor library (`<method>_so_blob` in the .pte) in a container of torch's AOTInductor
+    runtime. Weights (`<method>_weights_blob` in the .ptd) and the mutable state load once, into the `prefill`
+    container; `decode` is pointed at the same tensors, so GPU memory holds one copy and both methods update one
+    state. Containers run single-threaded: the thread-safe run records a completion event per call, which fails
+    every run once a run has been captured into a CUDA graph ("invalid argument"); the single-threaded run has
+    no event, no lock and less host work."""
 
-    return CudaMethods(artifact)
+    BACKEND_ID = "CudaBackend"
+
+    def __init__(self, artifact: Artifact):
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.artifact = artifact
+        self._order = {m: input_order(artifact, m) for m in METHODS}
+        make_libtorch_global()
+        tmp = Path(tempfile.mkdtemp(prefix="gdn-aoti-"))
+        try:
+            self._runners = {m: self._load_library(m, tmp) for m in METHODS}
+            self._load_weights(METHODS[0], tmp)
+            self._share(METHODS[0], METHODS[1:])
+        finally:
+            # dlopen keeps the mapped libraries; nothing in the folder is needed after loading
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self._run("prefill", tokens, input_pos)
+
+    def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return self._run("decode", tokens, input_pos)
+
+    def close(self) -> None:
+        self._runners = {}
+
+    def constants(self, method: str) -> dict[str, torch.Tensor]:
+        """The constants (weights and state) a method's container uses, by original FQN."""
+        return dict(self._runners[method].extract_constants_map(False))
+
+    def _run(self, method: str, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        args = (tokens, input_pos)
+        return self._runners[method].run([args[i] for i in self._order[method]])[0]
+
+    def _load_library(self, method: str, tmp: Path):
+        seg = self.artifact.layout.named_data.get(f"{method}_so_blob")
+        if seg is None:
+            raise ArtifactError(f"{self.artifact.path} has no library for {method!r} ({method}_so_blob)")
+        so = tmp / f"{method}.so"
+        copy_segment(self.artifact.path, seg, so)
+        try:
+            # (library, model instances, device, cubin dir, run single-threaded)
+            return torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda", "", True)
+        except RuntimeError as e:
+            raise ArtifactError(f"cannot load the {method!r} library of {self.artifact.path}: {e}") from None
+
+    def _load_weights(self, method: str, tmp: Path) -> None:
+        blob = tmp / f"{method}.weights"
+        copy_segment(self.artifact.data_path, self.artifact.data_named[f"{method}_weights_blob"], blob)
+        self._runners[method].update_constant_buffer_from_blob(str(blob))
+        blob.unlink()
+
+    def _share(self, owner: str, others: tuple[str, ...]) -> None:
+        """Point the other containers at the owner's constants (weights and state), matched by original FQN
+        (extract_constants_map keys them so; update_constant_buffer takes the container's internal names)."""
+        tensors = self.constants(owner)
+        for method in others:
+            runner = self._runners[method]
+            wanted = runner.get_constant_names_to_original_fqns()
+            missing = sorted(fqn for fqn in wanted.values() if fqn not in tensors)
+            if missing:
+                raise ArtifactError(f"{self.artifact.path}: {method!r} needs constants that {owner!r} lacks: {missing[:3]}")
+            runner.update_constant_buffer({name: tensors[fqn] for name, fqn in wanted.items()}, False, False, True)
+
+
+def input_order(artifact: Artifact, method: str) -> list[int]:
+    """Method-argument indices in the order the CUDA delegate takes them (its call's arguments in the plan)."""
+    calls = artifact.layout.delegate_inputs[method]
+    ids = artifact.layout.delegate_ids[method]
+    if len(calls) != 1 or ids[0] != CudaMethods.BACKEND_ID:
+        raise ArtifactError(f"{artifact.path}: method {method!r} is not one {CudaMethods.BACKEND_ID} delegate call (found {ids})")
+    order = [i for i in calls[0] if i >= 0]
+    if sorted(order) != list(range(artifact.layout.method_inputs[method])):
+        raise ArtifactError(f"{artifact.path}: the {method!r} delegate does not take each method input once: {calls[0]}")
+    return order
+
+
+def make_libtorch_global() -> None:
+    """The libraries are built without linking libtorch: its symbols must be globally visible."""
+    lib = Path(torch.__file__).parent / "lib"
+    for name in ("libc10.so", "libc10_cuda.so", "libtorch_cpu.so", "libtorch_cuda.so", "libtorch.so"):
+        if (lib / name).exists():
+            ctypes.CDLL(str(lib / name), mode=ctypes.RTLD_GLOBAL)
+
+
+def copy_segment(path: Path, seg: Segment, dst: Path) -> None:
+    """A byte range of `path` into the file `dst`, copied by the kernel (never through Python memory)."""
+    with open(path, "rb") as src, open(dst, "wb") as out:
+        done = 0
+        while done < seg.size:
+            try:
+                n = os.copy_file_range(src.fileno(), out.fileno(), seg.size - done, seg.offset + done)
+            except OSError:
+                n = os.sendfile(out.fileno(), src.fileno(), seg.offset + done, seg.size - done)
+            if n <= 0:
+                raise ArtifactError(f"short read copying a {seg.size}-byte blob from {path}")
+            done += n

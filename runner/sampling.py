@@ -15,13 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SamplingError
+
 _M32 = 0xFFFFFFFF
 # odd multipliers below 2**31, so products of 32-bit values stay inside int64
 _MULTIPLIERS = (0x7FEB352D, 0x5E2D58D7, 0x2C1B3C6D)
-
-
-class SamplingError(ValueError):
-    """An invalid sampling setting; the message names the value."""
 
 
 @dataclass(frozen=True)

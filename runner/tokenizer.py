@@ -10,11 +10,9 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as _HFTokenizer
 
+from .errors import TemplateError
+
 REPLACEMENT = "\ufffd"
-
-
-class TemplateError(ValueError):
-    """The chat template could not be rendered; the message says why."""
 
 
 class Tokenizer:

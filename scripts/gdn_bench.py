@@ -34,10 +34,9 @@ import torch
 from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
 from gdn.export.progress import Progress
 from gdn.runner import Runner, SamplingParams
-from gdn.runner.generate import DecodeLoop, prefill
-from gdn.runner.sampling import Sampler
+from gdn.runner.loop import DecodeLoop, prefill
 
-from bench_gdn import copy_bandwidth  # scripts/ is on sys.path when run as a script
+import timing  # scripts/ is on sys.path when run as a script
 
 PROMPTS = (128, 1024, 4096)
 NEW_TOKENS = 256
@@ -80,25 +79,11 @@ class Result:
 
 
 def cuda_ms(fn, reps: int) -> float:
-    """Median milliseconds of `fn()` over `reps` runs, CUDA events around each (wall clock without a GPU,
-    where only the CPU test of the peers runs)."""
+    """Median milliseconds of `fn()` over `reps` runs, no warm-up (the callers warm up themselves); host wall
+    clock without a GPU, where only the CPU test of the peers runs."""
     if not torch.cuda.is_available():
-        return statistics.median(wall_ms(fn) for _ in range(reps))
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def wall_ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+        return timing.wall_ms(fn, reps)
+    return timing.median_us(fn, iters=reps, warmup=0) / 1e3
 
 
 def make_checkpoint(name: str, folder: Path) -> Path:
@@ -147,34 +132,29 @@ def state_bytes(runner: Runner) -> int:
 
 
 def start_greedy(runner: Runner, loop: DecodeLoop, prompt: list[int]) -> None:
-    """Prefill `prompt` from position 0 and start `loop` on its first greedy token."""
-    loop.start(loop.sampler(prefill(runner.methods, prompt, 0, runner.prefill_chunk)), len(prompt))
+    """Prefill `prompt` from position 0 and start `loop` (greedy, its default sampler) on its first token."""
+    loop.start(prefill(runner.methods, prompt, 0, runner.prefill_chunk), len(prompt))
     torch.cuda.synchronize()
 
 
 def time_decode(runner: Runner, prompt: list[int], graph: bool) -> float:
-    """Tokens/s over NEW_TOKENS greedy steps after a prefill (each step reads its token back, as gdn-run does)."""
-    loop = DecodeLoop(runner.methods, Sampler(GREEDY, runner.vocab_size, runner.device), cuda_graph=graph)
+    """Tokens/s over NEW_TOKENS greedy steps after a prefill (each step reads its token back, as gdn-run does);
+    the first run warms up (and captures the graph)."""
+    loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=graph)
 
-    def run():
-        start_greedy(runner, loop, prompt)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
+    def steps():
         for _ in range(NEW_TOKENS - 1):
             loop.step()
-        b.record()
-        b.synchronize()
-        return (NEW_TOKENS - 1) / (a.elapsed_time(b) / 1e3)
 
-    run()  # warmup (and the graph's capture)
-    return statistics.median(run() for _ in range(3))
+    us = timing.median_us(steps, iters=3, warmup=1, setup=lambda: start_greedy(runner, loop, prompt))
+    return (NEW_TOKENS - 1) / (us * 1e-6)
 
 
 def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int = 12) -> list:
     """Where eager decode steps spend GPU time: the top kernels by total CUDA time, per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    loop = DecodeLoop(runner.methods, Sampler(GREEDY, runner.vocab_size, runner.device), cuda_graph=False)
+    loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=False)
     start_greedy(runner, loop, prompt)
     loop.step()
     torch.cuda.synchronize()
@@ -263,10 +243,10 @@ def bench_peer(ckpt: Path, r: Result, vocab: int, new_tokens: int = NEW_TOKENS, 
         # one cache size for every call (the longest first), so the compiled step is not recompiled per length
         kw = {"cache_implementation": "static", "max_cache_len": ids.shape[1] + new_tokens}
         t0 = time.perf_counter()
-        timing = time_generate(model, ids, new_tokens, [new_tokens, new_tokens, 1], kw)
+        timed = time_generate(model, ids, new_tokens, [new_tokens, new_tokens, 1], kw)
         compiled = dynamo.utils.counters["stats"]["unique_graphs"] > 0
         r.peer_compiled = {"name": f"{name}, static cache" + (" + torch.compile" if compiled else " (not compiled)"),
-                           "warmup_and_timing_s": time.perf_counter() - t0, **timing}
+                           "warmup_and_timing_s": time.perf_counter() - t0, **timed}
     except Exception as e:  # noqa: BLE001
         r.peer_compiled = {"error": f"{type(e).__name__}: {e}"[:300]}
 
@@ -411,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gdn-bench: error: needs an NVIDIA GPU", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    bw = copy_bandwidth(1 << 30, 1)[1] * 1e9  # bytes/s, read + write
+    bw = timing.copy_bandwidth()  # bytes/s, read + write
     results = []
     for name in names:
         r = Result(name)

@@ -14,7 +14,7 @@ from torch.export import ExportedProgram
 from torch.utils import _pytree as pytree
 
 from gdn.export.aoti_pdl import LAUNCH_PDL, pdl_launches
-from gdn.runner.aoti import make_libtorch_global
+from gdn.runner.methods import make_libtorch_global
 
 OPTIONS = {
     "aot_inductor.embed_kernel_binary": True,
