@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .pipeline import DEFAULT_CHECKPOINT, USER_ERRORS, ExportOptions, run_export
+from .errors import USER_ERRORS
+from .pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
 from .progress import Progress
 
 

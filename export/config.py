@@ -95,13 +95,7 @@ def load_config(path: str | Path) -> ModelConfig:
 
 
 def parse_config(raw: dict[str, Any]) -> ModelConfig:
-    model_type = raw.get("model_type")
-    if model_type not in _MODEL_TYPES:
-        raise ConfigError(f"unsupported model_type {model_type!r}; expected one of {sorted(_MODEL_TYPES)}")
-    family = _MODEL_TYPES[model_type]
-    text = raw.get("text_config") or raw
-    if text is not raw and _MODEL_TYPES.get(text.get("model_type", model_type + "_text")) != family:
-        raise ConfigError(f"text_config.model_type {text.get('model_type')!r} does not match model_type {model_type!r}")
+    family, text = _family(raw)
     # the wrapper's own tie_word_embeddings decides tying (transformers reads the top-level config)
     tie = raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
 
@@ -112,15 +106,10 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
             raise ConfigError(f"config field {name!r} is missing")
         return default
 
+    _refuse_unsupported(get)
     n_layers = int(get("num_hidden_layers"))
     layer_types = _layer_types(text, n_layers)
     rope_theta, partial = _rope(text)
-    act = get("hidden_act", "silu")
-    if act != "silu":
-        raise ConfigError(f"unsupported hidden_act {act!r}; only 'silu' is implemented")
-    if get("attention_bias", False):
-        raise ConfigError("unsupported attention_bias True; the model has no attention biases")
-
     num_experts = int(get("num_experts", 0)) if family != "qwen3_5" else 0
     moe_layers = _moe_layers(text, family, n_layers, num_experts)
     eos = raw.get("eos_token_id", text.get("eos_token_id"))
@@ -162,6 +151,26 @@ def parse_config(raw: dict[str, Any]) -> ModelConfig:
     )
     _validate(cfg)
     return cfg
+
+
+def _family(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """-> (family, the text model's settings: `text_config` of a vision-language wrapper, else `raw`)."""
+    model_type = raw.get("model_type")
+    if model_type not in _MODEL_TYPES:
+        raise ConfigError(f"unsupported model_type {model_type!r}; expected one of {sorted(_MODEL_TYPES)}")
+    family = _MODEL_TYPES[model_type]
+    text = raw.get("text_config") or raw
+    if text is not raw and _MODEL_TYPES.get(text.get("model_type", model_type + "_text")) != family:
+        raise ConfigError(f"text_config.model_type {text.get('model_type')!r} does not match model_type {model_type!r}")
+    return family, text
+
+
+def _refuse_unsupported(get) -> None:
+    act = get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"unsupported hidden_act {act!r}; only 'silu' is implemented")
+    if get("attention_bias", False):
+        raise ConfigError("unsupported attention_bias True; the model has no attention biases")
 
 
 def _layer_types(text: dict[str, Any], n_layers: int) -> tuple[str, ...]:

@@ -1,28 +1,27 @@
-"""gdn-export: checkpoint -> one ExecuTorch artifact with `prefill` and `decode` sharing weights and state.
+"""gdn-export's pipeline: checkpoint -> model -> methods -> lowered program -> artifact.
 
-Stages: load weights, export prefill, export decode, lower + compile, write (temporary files in the target
-folder, renamed at the end, so a failed export leaves nothing behind).
+`plan` checks every option against the checkpoint before any heavy work; `run_export` then runs the stages:
+load weights (checkpoint.py, into model.py's GDNForCausalLM), export prefill and decode (methods.py), lower and
+compile (lower.py), write (artifact.py, with metadata.py's metadata and tokenizer inside the .pte).
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.export import Dim, ExportedProgram, export
 
-from gdn.runner.artifact import METADATA_KEY, TOKENIZER_KEY, Metadata, data_path_for
+from gdn.runner.artifact import METADATA_KEY, TOKENIZER_KEY, Metadata
 
-from .checkpoint import CheckpointError, SafetensorsDir, load_model
-from .config import ConfigError, ModelConfig, load_config
+from .artifact import check_space, weights_bytes, write_artifact
+from .checkpoint import SafetensorsDir, load_model
+from .config import ModelConfig, load_config
+from .errors import ExportError
 from .lower import lower_cpu, lower_cuda
-from .metadata import TokenizerFilesError, build_metadata, read_tokenizer_files
-from .model import GDNForCausalLM
+from .metadata import build_metadata, read_tokenizer_files
+from .methods import export_methods
 from .progress import Progress
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model"
@@ -31,10 +30,6 @@ REFERENCE_PREFILL_CHUNK = 64
 DEFAULT_CUDA_PREFILL_CHUNK = 1024
 DEFAULT_MAX_SEQ_LEN = 4096
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-class ExportError(Exception):
-    """A one-line, user-facing reason the export cannot be done."""
 
 
 @dataclass(frozen=True)
@@ -58,28 +53,6 @@ class ExportResult:
     kernels: str
     sizes: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class PrefillMethod(torch.nn.Module):
-    """`prefill` of the artifact: the chunked path for any T in [1, max chunk]."""
-
-    def __init__(self, model: GDNForCausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self.model.prefill(tokens, input_pos)
-
-
-class DecodeMethod(torch.nn.Module):
-    """`decode` of the artifact: one token, static shapes."""
-
-    def __init__(self, model: GDNForCausalLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens, input_pos)
 
 
 def resolve_backend(backend: str) -> str:
@@ -150,74 +123,6 @@ def plan(opts: ExportOptions) -> Plan:
     return Plan(cfg, backend, kernels, dtype, state_dtype, max_seq_len, chunk)
 
 
-def export_methods(model: GDNForCausalLM, chunk: int, progress: Progress) -> dict[str, ExportedProgram]:
-    # example T = 2 (not 1): torch.export specialises a dimension whose example size is 1
-    example_t = min(2, chunk)
-    device = model.embed_tokens.weight.device
-    tokens = torch.zeros(1, example_t, dtype=torch.long, device=device)
-    pos = torch.arange(example_t, device=device)
-    out = {}
-    with torch.no_grad():
-        with progress.stage("export prefill"):
-            if chunk > 1:
-                T = Dim("T", min=1, max=chunk)
-                out["prefill"] = export(PrefillMethod(model), (tokens, pos), dynamic_shapes=({1: T}, {0: T}), strict=True)
-            else:
-                out["prefill"] = export(PrefillMethod(model), (tokens[:, :1], pos[:1]), strict=True)
-        with progress.stage("export decode"):
-            one = (torch.zeros(1, 1, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device))
-            out["decode"] = export(DecodeMethod(model), one, strict=True)
-    return out
-
-
-def _check_space(folder: Path, needed: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise ExportError(f"out of disk space in {folder}: about {needed / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free")
-
-
-def _weights_bytes(model: GDNForCausalLM) -> int:
-    seen, total = set(), 0
-    for p in list(model.parameters()) + list(model.buffers()):
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
-
-
-def write_artifact(et_program, output: Path, with_data: bool) -> tuple[Path, Path | None]:
-    """Write the .pte (and .ptd) under temporary names in the target folder, then rename them into place."""
-    folder = output.parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=folder))
-    try:
-        pte_tmp = tmp / output.name
-        with open(pte_tmp, "wb") as f:
-            et_program.write_to_file(f)
-        data_path = None
-        if with_data:
-            blobs = et_program._tensor_data or {}
-            if len(blobs) != 1:
-                raise ExportError(f"the CUDA lowering wrote {len(blobs)} data files ({sorted(blobs)}); expected one")
-            (cord,) = blobs.values()
-            data_path = data_path_for(output)
-            with open(tmp / data_path.name, "wb") as f:
-                cord.write_to_file(f)
-            os.replace(tmp / data_path.name, data_path)
-        try:
-            os.replace(pte_tmp, output)
-        except OSError:
-            if data_path is not None:
-                data_path.unlink(missing_ok=True)
-            raise
-        return output, data_path
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise ExportError(f"out of disk space writing {output}: {e.strerror}") from None
-        raise ExportError(f"cannot write {output}: {e.strerror}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportResult:
     progress = progress or Progress(quiet=True)
     output = Path(opts.output).absolute()
@@ -237,7 +142,7 @@ def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportR
         # the Triton ops are traced for the GPU they compile for; the reference kernels trace on the CPU
         device = "cuda" if p.kernels == "ops" else "cpu"
         model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, device)
-    _check_space(output.parent, int(_weights_bytes(model) * 1.1) + (1 << 20))
+    check_space(output.parent, int(weights_bytes(model) * 1.1) + (1 << 20))
     meta = build_metadata(p.cfg, model, files, p.backend, p.max_prefill_chunk, p.dtype, p.state_dtype)
     named = {METADATA_KEY: meta.to_json().encode("utf-8")}
     if files.tokenizer_json is not None:
@@ -263,6 +168,3 @@ def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportR
         sizes[data_path.name] = data_path.stat().st_size
     progress.info("wrote " + ", ".join(f"{n} ({s / 2**20:.1f} MiB)" for n, s in sizes.items()))
     return ExportResult(path, data_path, meta, p.kernels, sizes, dict(progress.timings))
-
-
-USER_ERRORS = (ExportError, ConfigError, CheckpointError, TokenizerFilesError)

@@ -75,7 +75,8 @@ def test_out_of_disk_leaves_nothing(tmp_path):
         import resource, signal, torch
         from torch.export import export
         from gdn.export.lower import lower_cpu
-        from gdn.export.pipeline import ExportError, write_artifact
+        from gdn.export.artifact import write_artifact
+        from gdn.export.errors import ExportError
         ep = export(torch.nn.Linear(64, 64), (torch.randn(1, 64),), strict=True)
         program = lower_cpu({{"forward": ep}}, {{"gdn.metadata": b"{{}}"}})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
