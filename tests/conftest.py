@@ -19,6 +19,8 @@ def pytest_collection_modifyitems(config, items):
     no_interp = pytest.mark.skip(reason="Triton on CPU tensors: run with TRITON_INTERPRET=1 (scripts/test.sh does)")
     on_gpu = pytest.mark.skip(reason="interpreter test; the GPU runs the real shapes")
     for item in items:
+        if "cpu_artifacts" in getattr(item, "fixturenames", ()) and "slow" not in item.keywords:
+            raise pytest.UsageError(f"{item.nodeid} runs an exported artifact: mark it slow")
         if "cuda" in item.keywords and not gpu:
             item.add_marker(no_gpu)
         if "interpret" in item.keywords:

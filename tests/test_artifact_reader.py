@@ -15,6 +15,9 @@ from gdn.runner.flatbuf import read_pte
 from gdn.runner.methods import load_methods
 
 
+pytestmark = pytest.mark.slow  # each test lowers a small program with ExecuTorch
+
+
 class TwoInputs(torch.nn.Module):
     def __init__(self):
         super().__init__()

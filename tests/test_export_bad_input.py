@@ -69,6 +69,7 @@ def test_cuda_without_gpu(tmp_path, hf_checkpoints):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # lowers a program
 def test_out_of_disk_leaves_nothing(tmp_path):
     """A real write failure: the file-size limit (RLIMIT_FSIZE) makes the kernel refuse bytes past 4 KiB."""
     script = textwrap.dedent(f"""

@@ -18,7 +18,7 @@ from gdn.runner.methods import load_methods
 
 PROMPT, DECODE, MAX_SEQ = 37, 48, 128
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 
 
 def greedy(prefill, decode, prompt: torch.Tensor, n: int) -> tuple[list[int], torch.Tensor]:

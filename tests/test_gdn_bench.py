@@ -87,6 +87,7 @@ def test_decode_bytes_counts_what_a_token_reads_from_the_model(case):
     assert got == 4 * want
 
 
+@pytest.mark.slow  # the static-cache peer runs torch.compile
 def test_both_peers_run_on_cpu(tmp_path):
     """The peer code path end to end (eager, then the static cache), on the bundled model: a bug in it
     otherwise shows only on the GPU machine, where it cost a benchmark run."""

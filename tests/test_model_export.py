@@ -9,17 +9,10 @@ import torch
 from torch.export import Dim, export
 
 from gdn.export.checkpoint import load_model
+from gdn.export.methods import PrefillMethod as Prefill
 
 MAX_SEQ = 96
-
-
-class Prefill(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens, input_pos):
-        return self.model.prefill(tokens, input_pos)
+pytestmark = pytest.mark.slow
 
 
 def _export(module, T: int, dim=None, device="cpu"):

@@ -15,6 +15,9 @@ from runner_eager import (DEFAULT_MODEL, DEFAULT_STOP_IDS, DEFAULT_VOCAB, greedy
                           tokenizer_json)
 
 
+pytestmark = pytest.mark.slow  # every test runs the default model's CPU artifact, which the session exports
+
+
 @pytest.fixture(scope="module")
 def artifact(cpu_artifacts) -> Path:
     return cpu_artifacts["default"][1]

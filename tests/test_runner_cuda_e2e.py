@@ -14,7 +14,7 @@ from gdn.runner import Runner, SamplingParams
 from gdn.runner.cli import main
 from runner_eager import DEFAULT_MODEL, greedy_reference, load_eager, random_ids
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
