@@ -24,7 +24,7 @@ from .config import LINEAR, ModelConfig
 
 def project(layer: nn.Linear, x: torch.Tensor, kernels: KernelSet, decode: bool) -> torch.Tensor:
     """layer(x); one token (decode) through the mat-vec kernel: a GEMM template's grid is too small for
-    one row at these widths (scripts/device/gemv_probe.py)."""
+    one row at these widths (kernels/gemv/DESIGN.md)."""
     return kernels.gemv(x, layer.weight, "none") if decode else layer(x)
 
 
@@ -229,7 +229,7 @@ class SparseMoE(nn.Module):
     def forward(self, x, router_shared, decode: bool):
         """x [T, H] normed; router_shared: its `router_shared` projection (the decoder layer computes it)."""
         # one op for router, routed experts and the gated shared expert: at decode the shared expert's
-        # silu*up, down projection and gate fuse into the routed down kernel (measured in scripts/bench_moe.py)
+        # silu*up, down projection and gate fuse into the routed down kernel (kernels/moe/DESIGN.md)
         return self.kernels.moe_shared(
             x, router_shared, self.gate_up, self.down, self.shared_down_proj.weight, self.top_k, self.renormalize
         )

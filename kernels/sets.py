@@ -26,7 +26,6 @@ class KernelSet:
     causal_conv1d: Callable
     chunk_gated_delta_rule: Callable
     recurrent_gated_delta_rule: Callable
-    moe: Callable
     moe_shared: Callable
     gemv: Callable
     norm_gemv: Callable
@@ -37,7 +36,6 @@ REFERENCE = KernelSet(
     _conv_ref.causal_conv1d,
     _gdr_ref.chunk_gated_delta_rule,
     _gdr_ref.recurrent_gated_delta_rule,
-    _moe_ref.moe,
     _moe_ref.moe_shared,
     _gemv_ref.gemv,
     _gemv_ref.norm_gemv,
@@ -47,7 +45,6 @@ OPS = KernelSet(
     _conv_op.causal_conv1d,
     _gdr_op.chunk_gated_delta_rule,
     _gdr_op.recurrent_gated_delta_rule,
-    _moe_op.moe,
     _moe_op.moe_shared,
     _gemv_op.gemv,
     _gemv_op.norm_gemv,

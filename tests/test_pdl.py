@@ -16,7 +16,6 @@ from gdn.kernels import pdl  # noqa: F401  (installs the analysis of GDC kernels
 from gdn.kernels.gemv.triton_gemv import _gemv_kernel
 from gdn.kernels.gemv.triton_norm_gemv import _norm_gemv_kernel
 from gdn.kernels.moe import decode as D
-from gdn.kernels.moe.route import PICKS
 
 H, I, E, K, S = 256, 128, 64, 8, 96
 
@@ -51,43 +50,41 @@ def norm_gemv_case(delta: bool):
     return _norm_gemv_kernel, args, ["y_ptr", "r_ptr", "n_ptr"]
 
 
-def route_case(shared_rows: int):
-    args = dict(logits_ptr=t(1, E), col_stride=1, ids_ptr=t(K, dtype=torch.int32), weights_ptr=t(K, dtype=torch.float32),
-                act_ptr=t(1, 2 * S), act_stride=1, gate_ptr=t(1, 1), sdown_ptr=t(H, S),
-                shared_out_ptr=t(H, dtype=torch.float32), E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True,
-                PICK=PICKS.index("topk"), H=H, S=S, S_P2=128, BLOCK_S=shared_rows)
-    return D.decode_route_kernel, args, ["ids_ptr", "weights_ptr"] + (["shared_out_ptr"] if shared_rows else [])
+def route_case():
+    args = dict(logits_ptr=t(1, E), col_stride=1, ids_ptr=t(K, dtype=torch.int32),
+                weights_ptr=t(K, dtype=torch.float32), E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True)
+    return D.decode_route_kernel, args, ["ids_ptr", "weights_ptr"]
 
 
 def gate_up_case():
-    args = dict(x_ptr=t(1, H), logits_ptr=t(1, E), logits_col_stride=1, w_ptr=t(E, 2 * I, H),
-                h_ptr=t(K, I, dtype=torch.float32), ids_ptr=t(K, dtype=torch.int32),
-                weights_ptr=t(K, dtype=torch.float32), H=H, I=I, E=E, E_P2=E, TOP_K=K, K_P2=K, RENORM=True,
-                ROUTE=False, PICK=PICKS.index("topk"), BLOCK_I=2, BLOCK_H=H)
-    return D.gate_up_unrolled_kernel, args, ["h_ptr"]
+    args = dict(x_ptr=t(1, H), w_ptr=t(E, 2 * I, H), h_ptr=t(K, I, dtype=torch.float32),
+                ids_ptr=t(K, dtype=torch.int32), H=H, I=I, BLOCK_I=2, BLOCK_H=H)
+    return D.decode_gate_up_kernel, args, ["h_ptr"]
 
 
-def down_case(shared: int):
+def down_case():
     args = dict(h_ptr=t(K, I, dtype=torch.float32), ids_ptr=t(K, dtype=torch.int32),
                 weights_ptr=t(K, dtype=torch.float32), down_ptr=t(E, H, I), out_ptr=t(1, H), shared_act_ptr=t(1, 2 * S),
-                shared_act_stride=1, shared_gate_ptr=t(1, 1), shared_down_ptr=t(H, S),
-                shared_out_ptr=t(H, dtype=torch.float32), H=H, I=I, S=S, TOP_K=K, K_P2=K, SHARED=shared,
+                shared_act_stride=1, shared_gate_ptr=t(1, 1), shared_down_ptr=t(H, S), H=H, I=I, S=S, TOP_K=K, K_P2=K,
                 BLOCK_OUT=4, BLOCK_INNER=128)
     return D.decode_down_kernel, args, ["out_ptr"]
 
 
 CASES = {"gemv": gemv_case, "norm_gemv": lambda: norm_gemv_case(True),
          "norm_gemv-no_delta": lambda: norm_gemv_case(False),
-         "route": lambda: route_case(0), "route-shared": lambda: route_case(8),
-         "gate_up": gate_up_case, "down": lambda: down_case(0), "down-shared": lambda: down_case(1),
-         "down-shared_out": lambda: down_case(2)}
+         "moe-route": route_case, "moe-gate_up": gate_up_case, "moe-down": down_case}
+
+
+def grid_flags(kernel, gdc: bool) -> dict:
+    """GDC, and PDL for the kernels that have both forms (the MoE decode kernels exist only in their PDL form)."""
+    return {"GDC": gdc, **({"PDL": gdc} if "PDL" in kernel.arg_names else {})}
 
 
 @pytest.mark.parametrize("gdc", [False, True], ids=["GDC-off", "GDC-on"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_mutation_analysis_names_the_stores(sm90, case, gdc):
     kernel, args, stores = CASES[case]()
-    got = triton_kernel_wrap.identify_mutated_tensors(kernel, {**args, "PDL": gdc, "GDC": gdc}, {})
+    got = triton_kernel_wrap.identify_mutated_tensors(kernel, {**args, **grid_flags(kernel, gdc)}, {})
     assert sorted(got) == sorted(stores)
 
 

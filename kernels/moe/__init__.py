@@ -1,5 +1,5 @@
-"""Mixture of experts: router and routed experts."""
+"""Mixture of experts: router, routed experts and the gated shared expert."""
 
-from .op import moe, moe_shared
+from .op import moe_shared
 
-__all__ = ["moe", "moe_shared"]
+__all__ = ["moe_shared"]

@@ -1,53 +1,34 @@
-"""T-token MoE: route on the device, group (token, slot) pairs by expert into BLOCK_M-padded segments
-(a counting sort in three small kernels), run a tensor-core grouped GEMM per segment, scatter back with
-the routing weights, sum over the slots. With `PrefillConfig.half_tail` a segment is padded to BLOCK_M // 2
-and an expert's last block, where its remainder fits, is a half block that runs a BLOCK_M // 2-row tile.
+"""T-token MoE: route on the device, group (token, slot) pairs by expert into segments padded to BLOCK_M // 2
+(a counting sort in three small kernels), run a tensor-core grouped GEMM per segment block, scatter back with
+the routing weights, sum over the slots. An expert's last block, where its remainder fits, is a half block that
+runs a BLOCK_M // 2-row tile.
 
-Every shape is a function of T alone: an expert owns cdiv(count, BLOCK_M) blocks either way, so the number
-of blocks is bounded by cdiv(T * k, BLOCK_M) + E, and blocks past the used ones exit at once, so there is no
-host sync and nothing data-dependent escapes.
+Every shape is a function of T alone: an expert owns cdiv(count, BLOCK_M) blocks, so the number of blocks is
+bounded by cdiv(T * k, BLOCK_M) + E, and blocks past the used ones exit at once, so there is no host sync and
+nothing data-dependent escapes.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
 
 import torch
 import triton
 import triton.language as tl
 
 from ..launch import INTERPRETED, dense, launcher, next_pow2
-from .route import PICKS, route_kernel
+from .route import route_kernel
 
-
-@dataclass(frozen=True)
-class PrefillConfig:
-    block_m: int = 128
-    block_n: int = 64
-    block_k: int = 64
-    warps: int = 8
-    stages: int = 3
-    down_block_n: int = 128
-    down_warps: int = 8
-    pick: str = "packed"  # the router's top-k method: "packed" 34.6 us, "argmax" 45.9 us at T = 8192 (NOTES.md)
-    n_first: bool = True  # grid order: a block's N tiles run next to each other, so its rows are read once from HBM
-    # an expert's last block computes BLOCK_M // 2 rows when its remainder fits: uniform top-8 of 256 experts at
-    # T = 8192 pads ~25 % of the GEMM rows at BLOCK_M 128 (NOTES.md, run 5)
-    half_tail: bool = False
-
-    def __post_init__(self):
-        if self.pick not in PICKS:
-            raise ValueError(f"PrefillConfig.pick must be one of {PICKS}, got {self.pick!r}")
-        if self.half_tail and self.block_m < 32:
-            raise ValueError(f"PrefillConfig.half_tail needs block_m >= 32 (tl.dot takes >= 16 rows), got {self.block_m}")
-
-
+BLOCK_M = 128  # rows of a segment block; its half (a half block's tile) must keep tl.dot's 16 rows
+BLOCK_N = 64  # gate/up: columns of gate (and the same of up) per program
+DOWN_BLOCK_N = 128  # down: output columns per program
+BLOCK_K = 64
+WARPS = 8
+STAGES = 3
 GROUP_BLOCK = 256  # pairs per program of the grouping kernels
 # each expert's counter on its own 128-byte line: packed, the 256 counters sat on 8 lines, and every pair's
 # atomic queued at one of those few L2 slices
 COUNT_STRIDE = 32
 SUM_BLOCK_H = 1024  # columns per program of the slot sum
+MAX_GRID_Y = 65535  # the segment blocks are grid axis 1
 
 
 @triton.jit
@@ -57,14 +38,6 @@ def mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     return tl.dot(a, b, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def block_and_tile(N_FIRST: tl.constexpr):
-    """(segment block, N tile) of this program; N_FIRST: the N tiles are grid axis 0."""
-    if N_FIRST:
-        return tl.program_id(1), tl.program_id(0)
-    return tl.program_id(0), tl.program_id(1)
 
 
 @triton.jit
@@ -115,28 +88,23 @@ def grouped_gate_up_kernel(
     TOP_K: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
-    N_FIRST: tl.constexpr,
-    HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     """h[block rows, n-tile] = silu(x_tok gate_e^T) * (x_tok up_e^T) for one expert segment block; a half
-    block computes a BLOCK_M // 2-row tile (a smaller dot, not a masked full one)."""
-    blk, n_tile = block_and_tile(N_FIRST)
+    block computes a BLOCK_M // 2-row tile (a smaller dot, not a masked full one). The N tiles are grid axis 0,
+    so that a block's tiles run next to each other and its gathered x rows come from HBM once."""
+    blk, n_tile = tl.program_id(1), tl.program_id(0)
     e = tl.load(block_expert_ptr + blk).to(tl.int64)
     if e >= E:
         return
-    if HALF_TAIL:
-        row0 = tl.load(block_start_ptr + blk)
-        if tl.load(block_half_ptr + blk) != 0:
-            gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
-                         H, I, TOP_K, PRECISION, UPCAST, BLOCK_M // 2, BLOCK_N, BLOCK_K)
-        else:
-            gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
-                         H, I, TOP_K, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    row0 = tl.load(block_start_ptr + blk)
+    if tl.load(block_half_ptr + blk) != 0:
+        gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
+                     H, I, TOP_K, PRECISION, UPCAST, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
-        gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, blk * BLOCK_M, e, n_tile, num_pairs,
+        gate_up_tile(x_ptr, w_ptr, pairs_ptr, h_ptr, row0, e, n_tile, num_pairs,
                      H, I, TOP_K, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
@@ -185,28 +153,22 @@ def grouped_down_kernel(
     E: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
-    N_FIRST: tl.constexpr,
-    HALF_TAIL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """y[pair, n-tile] = w_pair * (h_pair down_e^T), written at the pair's unsorted row t * k + slot; a half
-    block as in the gate/up kernel."""
-    blk, n_tile = block_and_tile(N_FIRST)
+    """y[pair, n-tile] = w_pair * (h_pair down_e^T), written at the pair's unsorted row t * k + slot; blocks,
+    half blocks and grid order as in the gate/up kernel."""
+    blk, n_tile = tl.program_id(1), tl.program_id(0)
     e = tl.load(block_expert_ptr + blk).to(tl.int64)
     if e >= E:
         return
-    if HALF_TAIL:
-        row0 = tl.load(block_start_ptr + blk)
-        if tl.load(block_half_ptr + blk) != 0:
-            down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
-                      H, I, PRECISION, UPCAST, BLOCK_M // 2, BLOCK_N, BLOCK_K)
-        else:
-            down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
-                      H, I, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    row0 = tl.load(block_start_ptr + blk)
+    if tl.load(block_half_ptr + blk) != 0:
+        down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
+                  H, I, PRECISION, UPCAST, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
-        down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, blk * BLOCK_M, e, n_tile, num_pairs,
+        down_tile(h_ptr, down_ptr, pairs_ptr, weights_ptr, y_ptr, row0, e, n_tile, num_pairs,
                   H, I, PRECISION, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
@@ -236,21 +198,20 @@ def count_kernel(ids_ptr, counts_ptr, rank_ptr, num_pairs, STRIDE: tl.constexpr,
 @triton.jit
 def segments_kernel(
     counts_ptr, pad_start_ptr, block_expert_ptr, block_start_ptr, block_half_ptr, n_blocks,
-    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, HALF_TAIL: tl.constexpr, STRIDE: tl.constexpr,
-    BLOCK_B: tl.constexpr,
+    E: tl.constexpr, E_P2: tl.constexpr, BLOCK_M: tl.constexpr, STRIDE: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """One program: from the counts (expert e's at e * STRIDE), each expert's segment start (counts padded to
-    BLOCK_M, or to BLOCK_M // 2 with HALF_TAIL, exclusive prefix sum) and every block's owner, first row and
-    half flag: expert e writes its own blocks, the blocks past the used ones get (E, 0, 0). The two sets of
-    writes are disjoint, so no ordering between the program's threads is needed."""
-    SEG: tl.constexpr = BLOCK_M // 2 if HALF_TAIL else BLOCK_M
+    BLOCK_M // 2, exclusive prefix sum) and every block's owner, first row and half flag: expert e writes its
+    own blocks, the blocks past the used ones get (E, 0, 0). The two sets of writes are disjoint, so no
+    ordering between the program's threads is needed."""
+    SEG: tl.constexpr = BLOCK_M // 2
     e = tl.arange(0, E_P2)
     real = e < E
     count = tl.load(counts_ptr + e * STRIDE, mask=real, other=0)
     padded = (count + SEG - 1) // SEG * SEG
     start = tl.cumsum(padded, 0) - padded
     tl.store(pad_start_ptr + e, start, mask=real)
-    n_own = (count + BLOCK_M - 1) // BLOCK_M  # [E_P2] blocks of each expert, cdiv(count, BLOCK_M) either way
+    n_own = (count + BLOCK_M - 1) // BLOCK_M  # [E_P2] blocks of each expert
     first = tl.cumsum(n_own, 0) - n_own
     used = tl.sum(n_own, 0)
     for b0 in range(0, n_blocks, BLOCK_B):
@@ -278,7 +239,7 @@ def place_kernel(ids_ptr, rank_ptr, pad_start_ptr, pairs_ptr, num_pairs, BLOCK: 
 
 
 def group_by_expert(
-    ids: torch.Tensor, num_experts: int, block_m: int, half_tail: bool = False
+    ids: torch.Tensor, num_experts: int, block_m: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ids [T, k] int32 -> the layout of `reference.group_by_expert`, in three small kernels (a counting
     sort: atomic counts, segment starts and the blocks' owners, rows and half flags, placement). The order of
@@ -296,14 +257,22 @@ def group_by_expert(
     grid = ((num_pairs + GROUP_BLOCK - 1) // GROUP_BLOCK,)
     launcher(count_kernel)[grid](flat, counts, rank, num_pairs, STRIDE=COUNT_STRIDE, BLOCK=GROUP_BLOCK)
     launcher(segments_kernel)[(1,)](counts, pad_start, block_expert, block_start, block_half, n_blocks,
-                                  E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m, HALF_TAIL=half_tail,
+                                  E=num_experts, E_P2=next_pow2(num_experts), BLOCK_M=block_m,
                                   STRIDE=COUNT_STRIDE, BLOCK_B=256)
     launcher(place_kernel)[grid](flat, rank, pad_start, pairs, num_pairs, BLOCK=GROUP_BLOCK)
     return pairs, block_expert, block_start, block_half
 
 
-def grid(n_first: bool, n_blocks: int, n_tiles: int) -> tuple[int, int]:
-    return (n_tiles, n_blocks) if n_first else (n_blocks, n_tiles)
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """router_logits [T, E] -> ids [T, top_k] int32, weights [T, top_k] float32 (route.py's packed router)."""
+    T, E = router_logits.shape
+    ids = torch.empty((T, top_k), device=router_logits.device, dtype=torch.int32)
+    weights = torch.empty((T, top_k), device=router_logits.device, dtype=torch.float32)
+    launcher(route_kernel)[(T,)](
+        router_logits, router_logits.stride(0), router_logits.stride(1), ids, weights,
+        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize,
+    )
+    return ids, weights
 
 
 def moe_prefill(
@@ -313,43 +282,35 @@ def moe_prefill(
     down: torch.Tensor,
     top_k: int,
     renormalize: bool,
-    cfg: PrefillConfig = PrefillConfig(),
 ) -> torch.Tensor:
-    """x [T, H]; router_logits [T, E] (any strides) -> [T, H] in x's dtype."""
+    """x [T, H]; router_logits [T, E] (any strides) -> the routed experts' output [T, H] in x's dtype."""
     E, I2, H = gate_up.shape
     I = I2 // 2
     T = x.shape[0]
     x, router_logits = dense(x, router_logits)
-    ids = torch.empty((T, top_k), device=x.device, dtype=torch.int32)
-    weights = torch.empty((T, top_k), device=x.device, dtype=torch.float32)
-    launcher(route_kernel)[(T,)](
-        router_logits, router_logits.stride(0), router_logits.stride(1), ids, weights,
-        E=E, E_P2=next_pow2(E), TOP_K=top_k, K_P2=next_pow2(top_k), RENORM=renormalize, PICK=PICKS.index(cfg.pick),
-    )
-    bm = cfg.block_m
-    pairs, block_expert, block_start, block_half = group_by_expert(ids, E, bm, cfg.half_tail)
+    ids, weights = route(router_logits, top_k, renormalize)
+    pairs, block_expert, block_start, block_half = group_by_expert(ids, E, BLOCK_M)
     n_blocks = block_expert.shape[0]
-    # a grid's axis 1 holds at most 65535 programs (T above ~1M tokens at BLOCK_M 128); exported T is bounded lower
-    n_first = cfg.n_first and not (isinstance(n_blocks, int) and n_blocks > 65535)
+    if isinstance(n_blocks, int) and n_blocks > MAX_GRID_Y:
+        raise ValueError(f"moe_prefill: {n_blocks} segment blocks exceed the grid's {MAX_GRID_Y} (T {T}, top-{top_k})")
     num_pairs = T * top_k
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    h = torch.empty((n_blocks * bm, I), device=x.device, dtype=x.dtype)
-    bn = min(cfg.block_n, max(16, next_pow2(I)))
-    bk = min(cfg.block_k, max(16, next_pow2(H)))
-    launcher(grouped_gate_up_kernel)[grid(n_first, n_blocks, triton.cdiv(I, bn))](
-        x, gate_up, pairs, block_expert, block_start, block_half, h, num_pairs,
-        H=H, I=I, E=E, TOP_K=top_k, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, HALF_TAIL=cfg.half_tail,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        num_warps=cfg.warps, num_stages=cfg.stages,
+    blocks = (block_expert, block_start, block_half)
+    h = torch.empty((n_blocks * BLOCK_M, I), device=x.device, dtype=x.dtype)
+    bn = min(BLOCK_N, max(16, next_pow2(I)))
+    bk = min(BLOCK_K, max(16, next_pow2(H)))
+    launcher(grouped_gate_up_kernel)[(triton.cdiv(I, bn), n_blocks)](
+        x, gate_up, pairs, *blocks, h, num_pairs,
+        H=H, I=I, E=E, TOP_K=top_k, PRECISION=precision, UPCAST=INTERPRETED, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=WARPS, num_stages=STAGES,
     )
     y = torch.empty((num_pairs, H), device=x.device, dtype=x.dtype)
-    bn = min(cfg.down_block_n, max(16, next_pow2(H)))
-    bk = min(cfg.block_k, max(16, next_pow2(I)))
-    launcher(grouped_down_kernel)[grid(n_first, n_blocks, triton.cdiv(H, bn))](
-        h, down, pairs, block_expert, block_start, block_half, weights, y, num_pairs,
-        H=H, I=I, E=E, PRECISION=precision, UPCAST=INTERPRETED, N_FIRST=n_first, HALF_TAIL=cfg.half_tail,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        num_warps=cfg.down_warps, num_stages=cfg.stages,
+    bn = min(DOWN_BLOCK_N, max(16, next_pow2(H)))
+    bk = min(BLOCK_K, max(16, next_pow2(I)))
+    launcher(grouped_down_kernel)[(triton.cdiv(H, bn), n_blocks)](
+        h, down, pairs, *blocks, weights, y, num_pairs,
+        H=H, I=I, E=E, PRECISION=precision, UPCAST=INTERPRETED, BLOCK_M=BLOCK_M, BLOCK_N=bn, BLOCK_K=bk,
+        num_warps=WARPS, num_stages=STAGES,
     )
     out = torch.empty_like(x)
     bh = min(SUM_BLOCK_H, max(16, next_pow2(H)))

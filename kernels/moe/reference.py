@@ -90,36 +90,43 @@ def shared_expert(act: torch.Tensor, gate: torch.Tensor, shared_down: torch.Tens
     return torch.sigmoid(gate) * F.linear(F.silu(g) * u, shared_down)
 
 
+def split_projection(router_shared: torch.Tensor, E: int, S: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """router_shared [T, E + 2S + 1] -> router logits [T, E], shared gate | up [T, 2S], shared gate logit [T, 1]."""
+    return router_shared[:, :E], router_shared[:, E : E + 2 * S], router_shared[:, E + 2 * S :]
+
+
 def moe_shared(x, router_shared, gate_up, down, shared_down, top_k, renormalize):
     """router_shared [T, E + 2S + 1] = [router logits | shared gate | shared up | shared gate logit];
     shared_down [H, S] -> routed experts + the gated shared expert [T, H]."""
-    E, S = gate_up.shape[0], shared_down.shape[1]
-    logits, act, gate = router_shared[:, :E], router_shared[:, E : E + 2 * S], router_shared[:, E + 2 * S :]
+    logits, act, gate = split_projection(router_shared, gate_up.shape[0], shared_down.shape[1])
     return moe(x, logits, gate_up, down, top_k, renormalize) + shared_expert(act, gate, shared_down)
 
 
-def moe_shared_float64(x, router_shared, gate_up, down, shared_down, top_k, renormalize):
-    """`moe_shared` in float64 on top of `moe_float64`."""
-    E, S = gate_up.shape[0], shared_down.shape[1]
-    rs = router_shared.double()
-    routed = moe_float64(x, rs[:, :E], gate_up, down, top_k, renormalize)
-    return routed + shared_expert(rs[:, E : E + 2 * S], rs[:, E + 2 * S :], shared_down.double())
+def moe_shared_float64(x, router_shared, gate_up, down, shared_down, top_k, renormalize, absolute: bool = False):
+    """`moe_shared` in float64 on top of `moe_float64`; absolute: each output's scale for rounding errors, as
+    in `moe_float64`, with the shared expert's sigmoid(gate) (|silu(g) * u| @ |shared_down|^T) added."""
+    logits, act, gate = split_projection(router_shared.double(), gate_up.shape[0], shared_down.shape[1])
+    routed = moe_float64(x, logits, gate_up, down, top_k, renormalize, absolute)
+    s_down = shared_down.double()
+    if absolute:
+        g, u = act.chunk(2, dim=-1)
+        return routed + torch.sigmoid(gate) * ((F.silu(g) * u).abs() @ s_down.abs().T)
+    return routed + shared_expert(act, gate, s_down)
 
 
 def group_by_expert(
-    ids: torch.Tensor, num_experts: int, block_m: int, half_tail: bool = False
+    ids: torch.Tensor, num_experts: int, block_m: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The prefill kernels' layout. ids [T, k] -> pairs [n_blocks * block_m] int32 (flat pair index
-    t * k + slot, grouped by expert in expert order, each expert's run padded to a multiple of block_m, or
-    of block_m // 2 with half_tail, with the sentinel T * k); per block [n_blocks] int32: block_expert (the
-    expert of each block; E past the used ones), block_start (its first row in pairs; 0 past the used ones),
-    block_half (1 where it is a half block: an expert's last block when half_tail and the expert's count
-    leaves a remainder <= block_m // 2 over whole blocks). An expert owns cdiv(count, block_m) blocks either
-    way, so n_blocks = cdiv(T * k, block_m) + E bounds them. Here pairs keep ascending order within an
-    expert (a stable sort)."""
+    t * k + slot, grouped by expert in expert order, each expert's run padded to a multiple of block_m // 2,
+    with the sentinel T * k); per block [n_blocks] int32: block_expert (the expert of each block; E past the
+    used ones), block_start (its first row in pairs; 0 past the used ones), block_half (1 where it is a half
+    block: an expert's last block when the expert's count leaves a remainder <= block_m // 2 over whole
+    blocks). An expert owns cdiv(count, block_m) blocks, so n_blocks = cdiv(T * k, block_m) + E bounds them.
+    Here pairs keep ascending order within an expert (a stable sort)."""
     num_pairs = ids.numel()
     n_blocks = (num_pairs + block_m - 1) // block_m + num_experts
-    seg = block_m // 2 if half_tail else block_m  # the padding step of a segment
+    seg = block_m // 2  # the padding step of a segment
     flat = ids.reshape(-1).long()  # [T*k]
     counts = torch.zeros(num_experts, dtype=torch.int64, device=ids.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))
@@ -139,5 +146,5 @@ def group_by_expert(
     e = block_expert.clamp(max=num_experts - 1)
     j = b - (own_end - n_own)[e]  # the block's index within its expert
     block_start = torch.where(used, pad_start[e] + j * block_m, 0)
-    block_half = used & (padded[e] - j * block_m == block_m // 2) & half_tail
+    block_half = used & (padded[e] - j * block_m == block_m // 2)
     return pairs, block_expert.to(torch.int32), block_start.to(torch.int32), block_half.to(torch.int32)

@@ -1,12 +1,17 @@
-"""Router in Triton: softmax in float32, top-k (ties go to the lower expert index), renormalisation."""
+"""Router in Triton: softmax in float32, top-k (ties go to the lower expert index), renormalisation.
+
+Both methods pick over int64 keys: the logit's bits made order-preserving in the high half, E_P2 - 1 - index in
+the low half, so the largest key is the largest logit and, among equal logits, the lowest index. Prefill takes
+the best key TOP_K times (`route_packed`, one reduction per pick); decode takes the best K_P2 keys at once by a
+bitonic top-k (`route_topk`). They give the same ids; the topk router's renormalised weights can differ from the
+packed router's in the last float32 bit on the GPU (its sum over the slots reduces in another order), so each
+path keeps its own method.
+"""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-# top-k methods: three block-wide reductions per pick; one, over packed keys; one bitonic top-k of those keys
-PICKS = ("argmax", "packed", "topk")
 
 
 @triton.jit
@@ -19,7 +24,7 @@ def load_logits(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.co
 
 
 @triton.jit
-def route_row(
+def route_packed(
     logits_ptr,
     row_offset,
     col_stride,
@@ -29,67 +34,8 @@ def route_row(
     K_P2: tl.constexpr,
     RENORM: tl.constexpr,
 ):
-    """One token's router: -> expert ids [K_P2] int32, weights [K_P2] float32 (slots >= TOP_K are 0)."""
-    offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
-    prob = tl.where(valid, tl.exp(logit - tl.max(logit, 0)), 0.0)  # unnormalised softmax
-    slots = tl.arange(0, K_P2)
-    ids = tl.zeros([K_P2], dtype=tl.int32)
-    top = tl.zeros([K_P2], dtype=tl.float32)
-    # taken experts leave `free` rather than turning -inf, so that -inf logits are still picked after them
-    # (in index order, weight 0), as by the reference, when top-k exceeds the finite logits
-    free = valid
-    for j in tl.static_range(TOP_K):
-        best = tl.max(tl.where(free, logit, float("-inf")), 0)
-        pick = tl.min(tl.where(free & (logit == best), offs, E_P2), 0)
-        ids = tl.where(slots == j, pick, ids)
-        top = tl.where(slots == j, tl.sum(tl.where(offs == pick, prob, 0.0), 0), top)
-        free = free & (offs != pick)
-    return ids, normalise(top, prob, RENORM)
-
-
-@triton.jit
-def route_kernel(
-    logits_ptr,
-    row_stride,
-    col_stride,
-    ids_ptr,
-    weights_ptr,
-    E: tl.constexpr,
-    E_P2: tl.constexpr,
-    TOP_K: tl.constexpr,
-    K_P2: tl.constexpr,
-    RENORM: tl.constexpr,
-    PICK: tl.constexpr,
-):
-    """One program per token: ids [T, TOP_K] int32, weights [T, TOP_K] float32."""
-    route_store(tl.program_id(0).to(tl.int64), logits_ptr, row_stride, col_stride, ids_ptr, weights_ptr,
-                E, E_P2, TOP_K, K_P2, RENORM, PICK)
-
-
-@triton.jit
-def route_store(t, logits_ptr, row_stride, col_stride, ids_ptr, weights_ptr, E: tl.constexpr, E_P2: tl.constexpr,
-                TOP_K: tl.constexpr, K_P2: tl.constexpr, RENORM: tl.constexpr, PICK: tl.constexpr):
-    """Token t's routing into ids [T, TOP_K] int32 and weights [T, TOP_K] float32."""
-    ids, top = route_any(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM, PICK)
-    slots = tl.arange(0, K_P2)
-    tl.store(ids_ptr + t * TOP_K + slots, ids, mask=slots < TOP_K)
-    tl.store(weights_ptr + t * TOP_K + slots, top, mask=slots < TOP_K)
-
-
-@triton.jit
-def route_row_packed(
-    logits_ptr,
-    row_offset,
-    col_stride,
-    E: tl.constexpr,
-    E_P2: tl.constexpr,
-    TOP_K: tl.constexpr,
-    K_P2: tl.constexpr,
-    RENORM: tl.constexpr,
-):
-    """`route_row` with one reduction per pick instead of three: the max of int64 keys (logit order in the
-    high half, E_P2 - 1 - index in the low half) names the best logit and, among equal ones, the lowest
-    index; the pick's probability is recomputed from the logit in the key. Same ids and weights."""
+    """One token's router, one max over the packed keys per pick: -> expert ids [K_P2] int32, weights [K_P2]
+    float32 (slots >= TOP_K are 0). The pick's probability is recomputed from the logit in its key."""
     offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
     mx, prob, key = packed_keys(logit, offs, valid, E_P2)
     slots = tl.arange(0, K_P2)
@@ -106,12 +52,19 @@ def route_row_packed(
 
 
 @triton.jit
-def pick_top_k(logit, offs, valid, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr, K_P2: tl.constexpr,
-               RENORM: tl.constexpr):
-    """`route_row_packed`'s keys, the best K_P2 of them by one bitonic top-k (`tl.topk`: log2(E_P2) rounds of
-    compare-exchanges instead of TOP_K dependent reductions). logit [E_P2] float32, -inf where not valid.
-    Same ids as the other two methods; on the GPU the renormalised weights can differ from theirs in the last
-    float32 bit, since the sum over the slots reduces in another order after `tl.topk` (NOTES.md, session 13)."""
+def route_topk(
+    logits_ptr,
+    row_offset,
+    col_stride,
+    E: tl.constexpr,
+    E_P2: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
+    RENORM: tl.constexpr,
+):
+    """`route_packed`'s ids and weights from the best K_P2 keys of one bitonic top-k (`tl.topk`: log2(E_P2)
+    rounds of compare-exchanges instead of TOP_K dependent reductions)."""
+    offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
     mx, prob, key = packed_keys(logit, offs, valid, E_P2)
     if K_P2 == 1:  # tl.topk reduces a single winner to a scalar it cannot reshape
         best = tl.zeros([1], dtype=tl.int64) + tl.max(key, 0)
@@ -123,6 +76,33 @@ def pick_top_k(logit, offs, valid, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: t
     p = tl.where(pick < E, tl.exp(float_of_ordered((best >> 32).to(tl.int32)) - mx), 0.0)
     ids = tl.where(taken, tl.minimum(pick, E - 1), 0)
     return ids, normalise(tl.where(taken, p, 0.0), prob, RENORM)
+
+
+@triton.jit
+def store_route(t, ids, top, ids_ptr, weights_ptr, TOP_K: tl.constexpr, K_P2: tl.constexpr):
+    """Token t's ids [K_P2] and weights [K_P2] into ids [T, TOP_K] int32 and weights [T, TOP_K] float32."""
+    slots = tl.arange(0, K_P2)
+    tl.store(ids_ptr + t * TOP_K + slots, ids, mask=slots < TOP_K)
+    tl.store(weights_ptr + t * TOP_K + slots, top, mask=slots < TOP_K)
+
+
+@triton.jit
+def route_kernel(
+    logits_ptr,
+    row_stride,
+    col_stride,
+    ids_ptr,
+    weights_ptr,
+    E: tl.constexpr,
+    E_P2: tl.constexpr,
+    TOP_K: tl.constexpr,
+    K_P2: tl.constexpr,
+    RENORM: tl.constexpr,
+):
+    """The prefill router, one program per token: ids [T, TOP_K] int32, weights [T, TOP_K] float32."""
+    t = tl.program_id(0).to(tl.int64)
+    ids, top = route_packed(logits_ptr, t * row_stride, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
+    store_route(t, ids, top, ids_ptr, weights_ptr, TOP_K, K_P2)
 
 
 @triton.jit
@@ -156,17 +136,3 @@ def ordered_bits(v):
 def float_of_ordered(k):
     """The inverse of `ordered_bits`."""
     return tl.where(k < 0, k ^ 0x7FFFFFFF, k).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def route_any(logits_ptr, row_offset, col_stride, E: tl.constexpr, E_P2: tl.constexpr, TOP_K: tl.constexpr,
-              K_P2: tl.constexpr, RENORM: tl.constexpr, PICK: tl.constexpr):
-    """One token's ids [K_P2] int32 and weights [K_P2] float32 by the top-k method PICKS[PICK]."""
-    if PICK == 2:
-        offs, valid, logit = load_logits(logits_ptr, row_offset, col_stride, E, E_P2)
-        ids, top = pick_top_k(logit, offs, valid, E, E_P2, TOP_K, K_P2, RENORM)
-    elif PICK == 1:
-        ids, top = route_row_packed(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
-    else:
-        ids, top = route_row(logits_ptr, row_offset, col_stride, E, E_P2, TOP_K, K_P2, RENORM)
-    return ids, top
