@@ -2,8 +2,8 @@
 
 Tolerances (against float64 from the same rounded inputs): float32 1e-5; bfloat16 1e-2 (y itself, and the
 silu_mul activation, are rounded to bf16), of every output's forward-error scale sum_k |a_k w_nk| and, with
-more than one output, of y's RMS. CPU cases run the kernel through
-TRITON_INTERPRET=1 at small odd shapes; `cuda` cases use the projection shapes of Qwen3.5-2B.
+more than one output, of y's RMS. CPU cases run the kernel through TRITON_INTERPRET=1 at small odd shapes;
+`cuda` cases use the decode projection shapes of Qwen3.5-2B and Qwen3.5-35B-A3B.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import torch.nn.functional as F
 import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
 from gdn.kernels.gemv import reference as ref
 from gdn.kernels.gemv import triton_gemv
-from gdn.kernels.gemv.op import PDL_MAX_K, artifact_config
-from gdn.kernels.gemv.triton_gemv import GemvConfig
+from gdn.kernels.gemv.triton_gemv import PDL_MAX_K, GemvConfig, default_config
 
 interpreted = pytest.mark.interpret
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -61,13 +60,23 @@ CPU_SHAPES = [(1, 16), (63, 65), (65, 1000), (200, 37)]
 @pytest.mark.parametrize("dt", list(DTYPES))
 @pytest.mark.parametrize("N,K", CPU_SHAPES, ids=[f"N{n}-K{k}" for n, k in CPU_SHAPES])
 def test_gemv_cpu(N, K, dt, act, pdl):
-    """pdl "on": the PDL form (one step over K, weights before the grid wait), in stream order here."""
+    """Both forms with small blocks: "off" loops over K in 64-column steps with a ragged tail, "on" is the PDL
+    form (one step over K, weights before the grid wait), in stream order here."""
     gemv_matches(N, K, act, DTYPES[dt], "cpu", GemvConfig(block_n=8, block_k=64, pdl=pdl))
 
 
 @interpreted
-def test_gemv_default_config_cpu():
-    gemv_matches(70, 600, "silu_mul", torch.float32, "cpu")
+@pytest.mark.parametrize("N,K", [(70, 600), (6, PDL_MAX_K + 4)], ids=["pdl_form", "loop_form"])
+def test_gemv_default_config_cpu(N, K):
+    """The ops' config on both sides of PDL_MAX_K (the loop form in 1024-column steps with a 4-column tail)."""
+    gemv_matches(N, K, "silu_mul", torch.float32, "cpu")
+
+
+def test_default_config_is_the_ops_config():
+    """The constexpr configuration the ops ship, chosen from the static K alone."""
+    assert default_config(2048) == GemvConfig(4, 1024, 4, pdl="on")
+    assert default_config(PDL_MAX_K) == GemvConfig(4, 1024, 8, pdl="on")
+    assert default_config(6144) == GemvConfig(4, 1024, 8, pdl="off")
 
 
 def test_bad_activation_names_it():
@@ -75,6 +84,7 @@ def test_bad_activation_names_it():
         ref.gemv(torch.randn(1, 4), torch.randn(3, 4), "gelu")
 
 
+@pytest.mark.slow
 def test_export_keeps_op_cpu():
     class Down(torch.nn.Module):
         def __init__(self):
@@ -90,34 +100,27 @@ def test_export_keeps_op_cpu():
     torch.testing.assert_close(ep.module()(x), ref.gemv(x, m.w, "silu_mul"), rtol=1e-5, atol=1e-5)
 
 
-SHAPES_2B = {"down": (2048, 6144), "out_proj": (2048, 2048), "gate_up": (12288, 2048), "lm_head": (248320, 2048)}
+# name: (N, K). The model's gemv sites are the output projections and the MLP's down; gate_up, lm_head (norm_gemv
+# sites) add many rows, the router/shared projection an N that BN does not divide, out_proj_35b K == PDL_MAX_K.
+SHAPES = {"down_2b": (2048, 6144), "out_proj_2b": (2048, 2048), "gate_up_2b": (12288, 2048),
+          "lm_head": (248320, 2048), "out_proj_35b": (2048, 4096), "router_shared_35b": (1281, 2048)}
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dt", list(DTYPES))
-@pytest.mark.parametrize("name", list(SHAPES_2B))
+@pytest.mark.parametrize("name", list(SHAPES))
 def test_gemv_cuda(name, dt):
-    N, K = SHAPES_2B[name]
+    """The ops' config: the PDL form (launched with PDL) up to PDL_MAX_K columns, the loop form above."""
+    N, K = SHAPES[name]
     for act in ref.ACTS:
         gemv_matches(N, K, act, DTYPES[dt], "cuda")
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("dt", list(DTYPES))
-@pytest.mark.parametrize("name", ["out_proj", "down"])
-def test_gemv_pdl_cuda(name, dt):
-    """Under programmatic dependent launch (weights loaded before the grid wait, one step over K)."""
-    N, K = SHAPES_2B[name]
-    for act in ref.ACTS:
-        gemv_matches(N, K, act, DTYPES[dt], "cuda", GemvConfig(4, 1024, 4, pdl="on"))
-
-
-@pytest.mark.cuda
 @pytest.mark.parametrize("K", [2048, 6144])
 def test_op_equals_kernel_cuda(K):
-    """The op runs the ops' config: the PDL form up to PDL_MAX_K columns, the default above."""
+    """The registered op runs the kernel with `default_config`, bit for bit."""
     x = torch.randn(1, 2 * K, device="cuda").to(torch.bfloat16)
     w = torch.randn(2048, K, device="cuda").to(torch.bfloat16)
-    cfg = artifact_config(K)
-    assert (cfg.pdl == "on") == (K <= PDL_MAX_K)
-    assert torch.equal(torch.ops.gdn.gemv(x, w, "silu_mul"), triton_gemv.gemv(x, w, "silu_mul", cfg))
+    want = triton_gemv.gemv(x, w, "silu_mul", default_config(K))
+    assert torch.equal(torch.ops.gdn.gemv(x, w, "silu_mul"), want)

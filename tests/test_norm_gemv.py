@@ -8,7 +8,7 @@ Per tensor, against float64 from the same rounded inputs:
   as tests/test_gemv.py, float32 1e-5, bfloat16 1e-2 of the forward-error scale sum_k |n_k w_nk| and of y's
   relative RMS.
 CPU cases run the kernel through TRITON_INTERPRET=1 at small odd shapes; `cuda` cases at Qwen3.5-35B-A3B's
-MoE projection and lm_head, and at Qwen3.5-2B's gate_up.
+MoE router/shared projection and lm_head, and at Qwen3.5-2B's gate_up.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 
 import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
 from gdn.kernels.gemv import reference as ref
-from gdn.kernels.gemv.op import artifact_config
-from gdn.kernels.gemv.triton_gemv import GemvConfig
+from gdn.kernels.gemv import triton_gemv
+from gdn.kernels.gemv.triton_gemv import PDL_MAX_K, GemvConfig, default_config
 from gdn.kernels.gemv.triton_norm_gemv import norm_gemv
 
 interpreted = pytest.mark.interpret
@@ -76,16 +76,19 @@ CPU_SHAPES = [(1, 16), (63, 65), (65, 1000), (200, 37)]
 @pytest.mark.parametrize("dt", list(DTYPES))
 @pytest.mark.parametrize("N,K", CPU_SHAPES, ids=[f"N{n}-K{k}" for n, k in CPU_SHAPES])
 def test_norm_gemv_cpu(N, K, dt, delta, pdl):
-    """pdl "off": BK = 64 steps over K; "on": the PDL form, one step over K, in stream order here."""
+    """Both forms with small blocks: "off" loops over K in 64-column steps and reads its slice of r and n
+    again; "on" is the PDL form (one step over K, the slice stored from registers), in stream order here."""
     matches(N, K, DTYPES[dt], "cpu", delta, GemvConfig(block_n=8, block_k=64, pdl=pdl))
 
 
 @interpreted
-def test_op_matches_reference_cpu():
-    """The op on CPU is the reference; under the interpreter its Triton kernel (the ops' config) matches it."""
-    x, d, g, w = inputs(70, 600, torch.float32, "cpu", True)
+@pytest.mark.parametrize("N,K", [(70, 600), (6, PDL_MAX_K + 4)], ids=["pdl_form", "loop_form"])
+def test_op_matches_reference_cpu(N, K):
+    """The op on CPU is the reference; under the interpreter the Triton kernel in the ops' config (both sides
+    of PDL_MAX_K) matches it."""
+    x, d, g, w = inputs(N, K, torch.float32, "cpu", True)
     want = ref.norm_gemv(x, d, g, EPS, w)
-    got = norm_gemv(x, d, g, EPS, w, artifact_config(600))
+    got = norm_gemv(x, d, g, EPS, w)
     for a, b, tol in zip(got, want, (1e-5, 0.0, 1e-6)):  # y, r, n
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     assert all(torch.equal(a, b) for a, b in zip(torch.ops.gdn.norm_gemv(x, d, g, EPS, w), want))
@@ -105,6 +108,7 @@ def test_bad_shapes_name_them():
         norm_gemv(x, d.repeat(2, 1), g, EPS, w)
 
 
+@pytest.mark.slow
 def test_export_keeps_op_cpu():
     class Pre(torch.nn.Module):
         def __init__(self):
@@ -130,6 +134,8 @@ SHAPES = {"moe_router_shared": (1281, 2048), "gate_up_2b": (12288, 2048), "lm_he
 @pytest.mark.parametrize("dt", list(DTYPES))
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_norm_gemv_cuda(name, dt, pdl):
+    """pdl "on": the ops' config at these K (the PDL form, launched with PDL); "off": the loop form, which the
+    ops run above PDL_MAX_K, here in two steps."""
     N, K = SHAPES[name]
     for delta in (True, False):
         matches(N, K, DTYPES[dt], "cuda", delta, GemvConfig(4, 1024, 4, pdl=pdl))
@@ -139,7 +145,7 @@ def test_norm_gemv_cuda(name, dt, pdl):
 def test_op_equals_kernel_cuda():
     x, d, g, w = inputs(1281, 2048, torch.bfloat16, "cuda", True)
     got = torch.ops.gdn.norm_gemv(x, d, g, EPS, w)
-    want = norm_gemv(x, d, g, EPS, w, artifact_config(2048))
+    want = norm_gemv(x, d, g, EPS, w, default_config(2048))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
@@ -158,15 +164,17 @@ class Pre(torch.nn.Module):
         return y, r, n, y2, r2, n2
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.parametrize("pdl", ["off", "on"])
 def test_aoti_compiled_equals_eager_cuda(pdl, monkeypatch):
-    """fp32, so any difference in the compiled kernel's arithmetic shows in y (AOTInductor once passed eps as
-    float64 where Triton's launch passes float32)."""
+    """fp32, so any difference in the compiled kernel's arithmetic shows in y (a float eps argument would be
+    compiled as float64, where Triton's launch passes float32). "on": the ops' config at K = 2048, launched with
+    PDL inside the artifact; "off": PDL_MAX_K 0 puts every projection in the loop form."""
     from aoti_util import compile_and_load, pdl_launch_sites
-    from gdn.kernels.gemv import op
 
-    monkeypatch.setattr(op, "ARTIFACT_PDL", pdl)
+    if pdl == "off":
+        monkeypatch.setattr(triton_gemv, "PDL_MAX_K", 0)
     m = Pre(1281, 2048, torch.float32, "cuda").eval()
     x = torch.randn(1, 2048, device="cuda")
     with torch.no_grad():

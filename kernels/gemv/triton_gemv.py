@@ -5,11 +5,15 @@ the contiguous K axis, accumulating x * w in float32. A GEMM template's grid is 
 16-row M block; small BN gives enough programs to keep every SM loading even when N is only 2048.
 The input activation (silu(gate) * up) is recomputed by every program from the [1, 2K] input, which is
 tiny next to the weights.
+
+Two forms, chosen by the static K (`default_config`): up to PDL_MAX_K the PDL form takes K in one step and
+loads its weights before the grid wait (kernels/pdl.py); above it, the loop over K in BK steps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -19,21 +23,33 @@ from ..launch import launcher
 from ..pdl import grid_release, grid_wait, pdl_args
 from .reference import ACTS
 
+# the PDL form holds a program's [4, K] weights in registers: 64 per thread at 8 warps for K = 4096
+PDL_MAX_K = 4096
+
 
 @dataclass(frozen=True)
 class GemvConfig:
     block_n: int = 4  # output rows per program
-    block_k: int = 1024  # weight columns per step
+    block_k: int = 1024  # weight columns per step of the loop form
     warps: int = 4
-    # programmatic dependent launch (kernels/pdl.py): the weights load before waiting for the kernel that
-    # wrote x, in one step (block_k covers K)
+    # programmatic dependent launch (kernels/pdl.py): "on" / "serial" run the PDL form, one step over K
     pdl: str = "off"
 
 
 def default_config(K: int) -> GemvConfig:
-    """The best of a 12-config sweep at Qwen3.5-2B's decode projections on an H100
-    (scripts/device/gemv_probe.py): 4 rows by 1024 columns per program; 8 warps pay only for long rows."""
-    return GemvConfig(4, 1024, 8 if K >= 4096 else 4)
+    """The config gdn::gemv and gdn::norm_gemv run, from the static K: 4 rows by 1024 columns per program
+    (the best of a block sweep at the decode shapes, kernels/gemv/DESIGN.md); 8 warps pay only for long rows;
+    the PDL form where one step over K fits."""
+    return GemvConfig(4, 1024, 8 if K >= 4096 else 4, pdl="on" if K <= PDL_MAX_K else "off")
+
+
+def launch_args(cfg: GemvConfig, N: int, K: int, like: torch.Tensor) -> tuple[int, int, dict[str, Any]]:
+    """-> (BN, BK, the launch's num_warps and PDL arguments) for [N, K] weights; `like`: one of the kernel's
+    tensors (pdl_args). The PDL form takes the whole (power-of-two padded) K in one step."""
+    pdl = pdl_args(cfg.pdl, like)
+    whole_k = max(16, triton.next_power_of_2(K))
+    bk = whole_k if pdl["PDL"] else min(cfg.block_k, whole_k)
+    return min(cfg.block_n, triton.next_power_of_2(N)), bk, {"num_warps": cfg.warps, **pdl}
 
 
 @triton.jit
@@ -60,7 +76,7 @@ def _gemv_kernel(
         cols = tl.arange(0, BK)
         col_ok = cols < K
         w = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        grid_wait(GDC)
+        grid_wait(GDC)  # x is the previous kernel's output
         acc = w.to(tl.float32) * _activation(x_ptr, cols, col_ok, K, SILU_MUL)[None, :]  # [BN, BK]
     else:
         acc = tl.zeros([BN, BK], dtype=tl.float32)
@@ -77,7 +93,8 @@ def _gemv_kernel(
 def gemv(
     x: torch.Tensor, w: torch.Tensor, act: str, cfg: GemvConfig | None = None, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Same contract as `reference.gemv`; w must have a unit stride along K."""
+    """Same contract as `reference.gemv`; w must have a unit stride along K. cfg: `default_config(K)` unless
+    given."""
     if act not in ACTS:
         raise ValueError(f"unknown gemv activation {act!r} (expected one of {ACTS})")
     N, K = w.shape
@@ -86,14 +103,9 @@ def gemv(
         got = f"x {tuple(x.shape)}, w stride {w.stride()}"
         raise ValueError(f"gemv wants x [1, {want}] and w [N, K] with unit K stride, got {got}")
     x = x.contiguous()
-    cfg = cfg or default_config(K)
     y = torch.empty((1, N), dtype=x.dtype, device=x.device) if out is None else out
-    bn = min(cfg.block_n, triton.next_power_of_2(N))
-    bk = min(cfg.block_k, max(16, triton.next_power_of_2(K)))
-    pdl = pdl_args(cfg.pdl, y)
-    if pdl["PDL"]:
-        bk = max(16, triton.next_power_of_2(K))
+    bn, bk, launch = launch_args(cfg or default_config(K), N, K, y)
     launcher(_gemv_kernel)[(triton.cdiv(N, bn),)](
-        x, w, y, w.stride(0), N=N, K=K, SILU_MUL=act == "silu_mul", BN=bn, BK=bk, num_warps=cfg.warps, **pdl,
+        x, w, y, w.stride(0), N=N, K=K, SILU_MUL=act == "silu_mul", BN=bn, BK=bk, **launch,
     )
     return y

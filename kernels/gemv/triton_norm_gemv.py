@@ -6,10 +6,10 @@ r and n (SLICE columns), so no program reads what another writes and the norm co
 1 / rms is a scalar, so it factors out of the dot: y = (r (1 + g)) @ w^T / rms takes one pass over K with the
 sum of squares beside the dot, and y does not see n's rounding to the model's dtype (the reference rounds n
 first; the two agree within that rounding). In the PDL form (one step over K) the weights and the norm's gain
-load before the grid wait: behind a kernel that releases its dependents early (the MoE's down kernel, a PDL
-projection) this projection's weight stream starts while that kernel drains. eps is a constant of the kernel:
-AOTInductor compiles a float argument as float64, where Triton's own launch passes float32, so compiled and
-launched kernels rounded the mean square plus eps differently.
+load before the grid wait, so behind a kernel that releases its dependents early this projection's weight
+stream starts while that kernel drains. eps is a constant of the kernel: AOTInductor compiles a float argument
+as float64, where Triton's own launch passes float32, so compiled and launched kernels would round the mean
+square plus eps differently.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from ..launch import launcher
-from ..pdl import grid_release, grid_wait, pdl_args
-from .triton_gemv import GemvConfig, default_config
+from ..pdl import grid_release, grid_wait
+from .triton_gemv import GemvConfig, default_config, launch_args
 
 
 @triton.jit
@@ -52,13 +52,12 @@ def _norm_gemv_kernel(
     pid = tl.program_id(0)
     rows = pid * BN + tl.arange(0, BN)
     row_ok = rows < N
-    # 1 / rms factors out of the dot: y = (r (1 + g)) @ w^T / rms, one pass over K with no wait on the norm
     if PDL:
         cols = tl.arange(0, BK)
         col_ok = cols < K
         w = tl.load(w_ptr + rows[:, None] * s_wn + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         g = tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        grid_wait(GDC)
+        grid_wait(GDC)  # x and delta are earlier kernels' outputs
         r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)  # [BK]
         acc = w.to(tl.float32) * (r * (1.0 + g))[None, :]  # [BN, BK]
         inv_rms = tl.rsqrt(tl.sum(r * r, 0) / K + EPS)
@@ -80,7 +79,7 @@ def _norm_gemv_kernel(
             acc += w.to(tl.float32) * (r * (1.0 + g))[None, :]
         inv_rms = tl.rsqrt(tl.sum(squares, 0) / K + EPS)
         tl.store(y_ptr + rows, (tl.sum(acc, 1) * inv_rms).to(y_ptr.dtype.element_ty), mask=row_ok)
-        # this program's SLICE columns of r and n, read again
+        # this program's SLICE columns of r and n, read again (the loop's registers hold the last step only)
         cols = pid * SLICE + tl.arange(0, SLICE_P2)
         col_ok = (cols < K) & (cols < (pid + 1) * SLICE)
         r = _residual(x_ptr, d_ptr, cols, col_ok, HAS_DELTA)
@@ -97,7 +96,8 @@ def norm_gemv(
     cfg: GemvConfig | None = None,
     out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract as `reference.norm_gemv` for one row; w must have a unit stride along K. `out`: (y, r, n)."""
+    """Same contract as `reference.norm_gemv` for one row; w must have a unit stride along K. cfg:
+    `default_config(K)` unless given; `out`: (y, r, n)."""
     N, K = w.shape
     shapes = [tuple(x.shape), None if delta is None else tuple(delta.shape), tuple(norm_weight.shape)]
     if shapes[0] != (1, K) or shapes[1] not in (None, (1, K)) or shapes[2] != (K,) or w.stride(1) != 1:
@@ -105,20 +105,15 @@ def norm_gemv(
         want = f"x and delta [1, {K}], norm weight [{K}] and w [N, K] with unit K stride"
         raise ValueError(f"norm_gemv wants {want}, got {got}")
     x, g = x.contiguous(), norm_weight.contiguous()
-    d = x if delta is None else delta.contiguous()
-    cfg = cfg or default_config(K)
+    d = x if delta is None else delta.contiguous()  # an unread stand-in without delta
     if out is None:
         out = (x.new_empty((1, N)), x.new_empty((1, K)), x.new_empty((1, K)))
     y, r, n = out
-    bn = min(cfg.block_n, triton.next_power_of_2(N))
-    bk = min(cfg.block_k, max(16, triton.next_power_of_2(K)))
-    pdl = pdl_args(cfg.pdl, y)
-    if pdl["PDL"]:
-        bk = max(16, triton.next_power_of_2(K))
+    bn, bk, launch = launch_args(cfg or default_config(K), N, K, y)
     programs = triton.cdiv(N, bn)
     cut = triton.cdiv(K, programs)
     launcher(_norm_gemv_kernel)[(programs,)](
         x, d, g, w, y, r, n, w.stride(0), N=N, K=K, EPS=eps, HAS_DELTA=delta is not None, BN=bn, BK=bk,
-        SLICE=cut, SLICE_P2=max(16, triton.next_power_of_2(cut)), num_warps=cfg.warps, **pdl,
+        SLICE=cut, SLICE_P2=max(16, triton.next_power_of_2(cut)), **launch,
     )
     return y, r, n
