@@ -54,8 +54,8 @@ def _backend_settings(autotune: str, decompose: bool) -> Iterator[None]:
     libtorch), picked by autotuning; a method not autotuned takes each GEMM's first template config (a
     much faster export, slower GEMMs). `decode` tunes the one-token method only: its shapes are static,
     while prefill's dynamic length would be tuned at the example length alone.
-    decompose: the backend re-traces each method for its decomposition table (conv1d -> conv2d only), which
-    costs about 40 s on a 24-layer model; skipped when no method has a convolution."""
+    decompose: the backend re-traces each method for its decomposition table (conv1d -> conv2d only), a
+    whole re-trace for one op; skipped when no method has a convolution."""
     from executorch.backends.cuda.cuda_backend import CudaBackend
 
     saved = {k: CudaBackend.__dict__[k] for k in ("get_aoti_compile_options", "get_decomposition_table")}
@@ -136,7 +136,7 @@ def _triton_op_decomposition() -> Iterator[None]:
 
 
 def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
-    """A re-trace of each method (about 35 s on a 24-layer model): only where our ops appear."""
+    """A re-trace of each method, one of the export's slow steps: only where our ops appear."""
     if not _has_call(programs, _is_our_op):
         return programs
     with _triton_op_decomposition():
