@@ -46,10 +46,13 @@ def params(cases: list[Case], marks=()) -> list:
 CPU_CHUNK = (
     [Case(T, 2, 4, 16, 16, torch.float32, "rand") for T in LENGTHS]
     + [Case(T, 2, 2, 16, 32, torch.bfloat16, "zero") for T in (1, 65, 127)]
-    + [Case(65, 2, 4, 8, 12, torch.float32, "rand"), Case(64, 2, 2, 32, 16, torch.float32, "zero")]
+    # the tiny test models' heads: tiles padded (16-bit tiles to 64)
+    + [Case(65, 2, 4, 8, 12, dt, "rand") for dt in (torch.float32, torch.bfloat16)]
+    + [Case(64, 2, 2, 32, 16, torch.float32, "zero")]
     + [Case(T, 2, 4, 48, 48, torch.float32, "zero", "aligned") for T in (64, 100)]
-    # V = 96: two output-pass V tiles, the second half masked; K = V = 128 bf16: the scratch dtypes
-    + [Case(100, 2, 4, 32, 96, torch.float32, "rand"), Case(130, 2, 4, 128, 128, torch.bfloat16, "rand", "aligned")]
+    # V = 96: two state-pass V tiles of 64, the second half masked; K = V = 64 and 128 bf16: unpadded 16-bit tiles
+    + [Case(100, 2, 4, 32, 96, torch.float32, "rand"), Case(65, 2, 4, 64, 64, torch.bfloat16, "rand")]
+    + [Case(130, 2, 4, 128, 128, torch.bfloat16, "rand", "aligned")]
 )
 GPU_CHUNK = [Case(T, 16, 32, 128, 128, dt, "rand") for dt in (torch.float32, torch.bfloat16) for T in LENGTHS + (8192,)] + [
     Case(T, 16, 16, 128, 128, dt, "zero") for dt in (torch.float32, torch.bfloat16) for T in (65, 1000)
@@ -110,12 +113,10 @@ def truth(x: dict, state: torch.Tensor | None = None, gates: str = "raw"):
     return ref.naive_recurrence(x["q"].double(), x["k"].double(), x["v"].double(), g, beta, s.double())
 
 
-def run_chunk(x: dict, reset: bool, state: torch.Tensor, path: str = "fused", **kw) -> torch.Tensor:
+def run_chunk(x: dict, reset: bool, state: torch.Tensor) -> torch.Tensor:
     out = torch.full_like(x["v"], float("nan"))
     flag = torch.tensor([reset], device=state.device)
-    return triton_chunk.chunk_gated_delta_rule(
-        x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out, path=path, **kw
-    )
+    return triton_chunk.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], state, flag, out=out)
 
 
 def run_decode(x: dict, t: int, state: torch.Tensor, reset: bool = False) -> torch.Tensor:
@@ -135,19 +136,19 @@ def check(c: Case, o, state, o64, s64) -> None:
     assert rel_rms(state, s64) < tol["state"], f"state rel rms {rel_rms(state, s64):.2e}"
 
 
-def chunk_matches(c: Case, device: str, path: str = "fused", **kw) -> None:
+def chunk_matches(c: Case, device: str) -> None:
     x = make(c, device)
     o64, s64 = truth(x)
     state = x["state"].clone()
-    o = run_chunk(x, False, state, path, **kw)
+    o = run_chunk(x, False, state)
     check(c, o, state, o64, s64)
 
 
-def chunk_reset_reads_zero(c: Case, device: str, path: str = "fused") -> None:
+def chunk_reset_reads_zero(c: Case, device: str) -> None:
     x = make(c, device)
     o64, s64 = truth(x, torch.zeros_like(x["state"]))
     state = torch.full_like(x["state"], float("nan"))  # reset must never read it
-    o = run_chunk(x, True, state, path)
+    o = run_chunk(x, True, state)
     check(c, o, state, o64, s64)
 
 
@@ -167,33 +168,28 @@ def decode_reset_reads_zero(c: Case, device: str) -> None:
     check(c, o, state, o64, s64)
 
 
-def prefill_then_decode(c: Case, device: str, steps: int = 4, path: str = "fused") -> None:
+def prefill_then_decode(c: Case, device: str, steps: int = 4) -> None:
     """Chunked prefill of T tokens, then `steps` fused decode steps: equals the token-by-token recurrence."""
     x = make(c, device, T=c.T + steps)
     o64, s64 = truth(x)
     state = x["state"].clone()
     pre = {n: (t[:, : c.T] if t.dim() >= 3 else t) for n, t in x.items() if n != "state"}
-    outs = [run_chunk(pre, False, state, path)]
+    outs = [run_chunk(pre, False, state)]
     outs += [run_decode(x, c.T + i, state) for i in range(steps)]
     check(c, torch.cat(outs, dim=1), state, o64, s64)
 
 
-# fused: one sequential state + output pass (the default); split: state pass + parallel output pass
-PATHS = pytest.mark.parametrize("path", triton_chunk.PATHS)
-
-
 @interpreted
-@PATHS
 @pytest.mark.parametrize("c", params(CPU_CHUNK))
-def test_chunk_cpu(c, path):
-    chunk_matches(c, "cpu", path)
+def test_chunk_cpu(c):
+    chunk_matches(c, "cpu")
 
 
 @interpreted
-@PATHS
-@pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand")]))
-def test_chunk_reset_cpu(c, path):
-    chunk_reset_reads_zero(c, "cpu", path)
+@pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand"),
+                                      Case(1, 2, 4, 8, 12, torch.bfloat16, "rand")]))
+def test_chunk_reset_cpu(c):
+    chunk_reset_reads_zero(c, "cpu")
 
 
 @interpreted
@@ -204,38 +200,9 @@ def test_decode_cpu(c):
 
 
 @interpreted
-@PATHS
 @pytest.mark.parametrize("c", params([Case(65, 2, 4, 16, 16, torch.float32, "rand"), Case(2, 2, 2, 8, 12, torch.float32, "zero")]))
-def test_prefill_then_decode_cpu(c, path):
-    prefill_then_decode(c, "cpu", path=path)
-
-
-PRECISIONS = {  # Precision16 choices other than the default, which the benchmark and probes compare
-    "state-split": triton_chunk.PRECISE_STATE16,
-    "all-split-fp32-scratch": triton_chunk.PRECISE16,
-    "u16": triton_chunk.Precision16(u_16=True),
-    "all-rounded": triton_chunk.Precision16(qkv_terms=1),
-}
-
-
-@interpreted
-@PATHS
-@pytest.mark.parametrize("name", list(PRECISIONS))
-@pytest.mark.parametrize("c", params([Case(65, 2, 4, 64, 64, torch.bfloat16, "rand")]))
-def test_chunk_precision_choices_cpu(c, name, path):
-    chunk_matches(c, "cpu", path, precision=PRECISIONS[name])
-
-
-def test_precision_choice_checked():
-    with pytest.raises(ValueError, match="qkv_terms must be 1, 2 or 3, got 4"):
-        triton_chunk.Precision16(qkv_terms=4)
-
-
-def test_path_checked():
-    q, v = torch.randn(1, 3, 2, 16), torch.randn(1, 3, 2, 16)
-    with pytest.raises(ValueError, match="path must be one of \\('fused', 'split'\\), got 'scan'"):
-        triton_chunk.chunk_gated_delta_rule(q, q, v, v[..., 0], v[..., 0], torch.zeros(1, 2, 16, 16),
-                                            torch.tensor([True]), path="scan")
+def test_prefill_then_decode_cpu(c):
+    prefill_then_decode(c, "cpu")
 
 
 def test_bad_heads_named():
@@ -252,27 +219,15 @@ def test_chunk_cuda(c):
 
 
 @pytest.mark.cuda
-@PATHS
 @pytest.mark.parametrize("c", params(GPU_SMALL_HEADS))
-def test_chunk_small_heads_cuda(c, path):
-    chunk_matches(c, "cuda", path)
+def test_chunk_small_heads_cuda(c):
+    chunk_matches(c, "cuda")
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize(
-    "c", params([Case(T, 16, 32, 128, 128, dt, "rand", keys) for dt in (torch.float32, torch.bfloat16)
-                 for T, keys in ((1000, "random"), (1000, "aligned"), (8192, "random"))])
-)
-def test_chunk_split_cuda(c):
-    """The split path with session 10's precision, the A/B baseline of the benchmark."""
-    chunk_matches(c, "cuda", "split", precision=triton_chunk.PRECISE_STATE16)
-
-
-@pytest.mark.cuda
-@PATHS
 @pytest.mark.parametrize("c", params([Case(127, 16, 32, 128, 128, torch.bfloat16, "rand")]))
-def test_chunk_reset_cuda(c, path):
-    chunk_reset_reads_zero(c, "cuda", path)
+def test_chunk_reset_cuda(c):
+    chunk_reset_reads_zero(c, "cuda")
 
 
 @pytest.mark.cuda

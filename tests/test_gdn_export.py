@@ -15,7 +15,7 @@ from torch.export import Dim
 import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
 from aoti_util import compile_and_load
 
-OPS = ("gdn.causal_conv1d", "gdn.chunk_gated_delta_rule", "gdn.recurrent_gated_delta_rule")
+pytestmark = pytest.mark.slow  # every test here runs torch.export, and the cuda ones AOTInductor too
 
 
 class GDNCore(torch.nn.Module):

@@ -46,7 +46,7 @@ def _unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
     an ExecuTorch portable op): forward substitution inside BLOCK x BLOCK diagonal blocks, row r of every
     block in one step, then block forward substitution down the block rows. Trained models' keys are
     nearly parallel, which makes this matrix badly conditioned: a product of repeated squarings lost every
-    digit by row ~40 in float32 there (kernels/gated_delta_rule/NOTES.md)."""
+    digit by row ~40 in float32 there (DESIGN.md)."""
     L = a.shape[-1]
     idx = torch.arange(L, device=a.device)
     eye = torch.eye(L, dtype=a.dtype, device=a.device)

@@ -1,7 +1,7 @@
 """One-token gated delta rule in one Triton kernel: gates from the raw projections, L2-norm of q and k,
 decay, delta-rule update and output, reading and writing each state tile exactly once.
 
-Grid: (V // BV, Hv). A program owns state[h, :, v0:v0+BV] ([K, BV] float32) and recomputes the tiny
+Grid: (cdiv(V, BV), Hv). A program owns state[h, :, v0:v0+BV] ([K, BV] float32) and recomputes the tiny
 per-head vectors (q, k norms, gates) itself, so no program reads what another writes: in place is safe.
 """
 
@@ -13,10 +13,13 @@ import triton.language as tl
 
 from ..launch import inner_contiguous, launcher
 
+# 16-wide V tiles, 4 warps: V / 16 x Hv programs (the other tiles and warp counts measured: DESIGN.md)
+BLOCK_V, WARPS = 16, 4
 
 
 def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.Tensor) -> None:
-    """One clear line for shapes the kernels cannot take (static shapes, checked while tracing too)."""
+    """One clear line for shapes the decode and chunk kernels cannot take (static shapes, checked while tracing
+    too)."""
     Hk, K, Hv, V = q.shape[2], q.shape[3], v.shape[2], v.shape[3]
     if k.shape != q.shape:
         raise ValueError(f"k shape {tuple(k.shape)} differs from q shape {tuple(q.shape)}")
@@ -24,6 +27,7 @@ def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.
         raise ValueError(f"value heads Hv={Hv} are not a multiple of key heads Hk={Hk}")
     if tuple(state.shape) != (1, Hv, K, V) or state.dtype != torch.float32 or not state.is_contiguous():
         raise ValueError(f"state must be a contiguous float32 [1, {Hv}, {K}, {V}], got {state.dtype} {tuple(state.shape)}")
+
 
 @triton.jit
 def _recurrent_kernel(
@@ -57,10 +61,6 @@ def _recurrent_kernel(
     tl.store(o_ptr + i_h * s_oh + cv, o.to(o_ptr.dtype.element_ty), mask=vin)
 
 
-def default_block_v(V: int) -> int:
-    return min(triton.next_power_of_2(V), 16)
-
-
 def recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -71,21 +71,20 @@ def recurrent_gated_delta_rule(
     dt_bias: torch.Tensor,
     state: torch.Tensor,
     reset: torch.Tensor,
-    block_v: int = 0,
     out: torch.Tensor | None = None,
-    num_warps: int = 4,
 ) -> torch.Tensor:
-    """Same contract as `reference.recurrent_gated_delta_rule`; `state` must be contiguous."""
+    """Same contract as `reference.recurrent_gated_delta_rule`; `state` must be contiguous. `out` [1, 1, Hv, V],
+    if given, receives o (tests pass a NaN-filled one)."""
     check_heads(q, k, v, state)
     Hk, K = q.shape[2], q.shape[3]
     Hv, V = v.shape[2], v.shape[3]
     q, k, v = inner_contiguous(q), inner_contiguous(k), inner_contiguous(v)
     a, b = inner_contiguous(a), inner_contiguous(b)
-    BV = block_v or default_block_v(V)
+    BV = min(triton.next_power_of_2(V), BLOCK_V)
     o = torch.empty((1, 1, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     launcher(_recurrent_kernel)[((V + BV - 1) // BV, Hv)](
         q, k, v, a, b, A_log, dt_bias, state, reset, o,
         q.stride(2), k.stride(2), v.stride(2), a.stride(2), b.stride(2), o.stride(2),
-        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV, num_warps=num_warps,
+        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV, num_warps=WARPS,
     )
     return o
