@@ -76,6 +76,13 @@ class MappedFile:
                 raise ArtifactError(f"{path} is empty")
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
+    @classmethod
+    def open(cls, path: Path) -> "MappedFile":
+        try:
+            return cls(path)
+        except OSError as e:
+            raise ArtifactError(f"cannot read {path}: {e.strerror}") from None
+
     def view(self, seg: Segment) -> memoryview:
         return memoryview(self.map)[seg.offset : seg.offset + seg.size]
 
@@ -99,10 +106,7 @@ class Artifact:
             raise ArtifactError(f"no artifact at {path}")
         if not path.is_file():
             raise ArtifactError(f"{path} is not a file")
-        try:
-            pte = MappedFile(path)
-        except OSError as e:
-            raise ArtifactError(f"cannot read {path}: {e.strerror}") from None
+        pte = MappedFile.open(path)
         try:
             try:
                 layout = read_pte(pte.map, pte.size)
@@ -128,10 +132,7 @@ def _open_data(pte: Path, methods: tuple[str, ...]) -> tuple[Path, dict[str, Seg
     data_path = data_path_for(pte)
     if not data_path.exists():
         raise ArtifactError(f"missing data file {data_path} (the weights of {pte.name}; keep it beside the .pte)")
-    try:
-        ptd = MappedFile(data_path)
-    except OSError as e:
-        raise ArtifactError(f"cannot read {data_path}: {e.strerror}") from None
+    ptd = MappedFile.open(data_path)
     try:
         named = read_ptd(ptd.map, ptd.size)
     except FormatError as e:
