@@ -2,7 +2,10 @@
 hidden states after every layer with AOTInductor (ExecuTorch's options, tests/aoti_util.py) in one variant
 and compare them with the eager model's, layer by layer; the C++ goes to $OUT.
 
-usage: python scripts/device/bisect_prefill.py VARIANT [CHECKPOINT]
+When to use: a CUDA artifact's prefill disagrees with the eager model (compare_methods.py says so) and you
+need the first layer, and the op, where compiled and eager part. Run on a GPU machine from the repo root.
+
+usage: python scripts/tools/bisect_prefill.py VARIANT [CHECKPOINT]
 VARIANT: plain (all ops, no inlining), inline (all ops, lower.inline_triton_ops + split_to_slices),
 static (inline, prefill exported for T = 21 only), conv | chunk | moe (inline, only that op from OPS;
 conv and moe keep the reference chunk, whose export is bounded by its 64-token chunk).
@@ -25,7 +28,7 @@ from gdn.kernels import OPS, REFERENCE  # noqa: E402
 
 variant = sys.argv[1]
 ckpt = Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_CHECKPOINT
-ONLY = {"conv": ["causal_conv1d"], "chunk": ["chunk_gated_delta_rule"], "moe": ["moe", "moe_shared"]}
+ONLY = {"conv": ["causal_conv1d"], "chunk": ["chunk_gated_delta_rule"], "moe": ["moe_shared"]}
 
 
 def build():

@@ -2,7 +2,10 @@
 it, and compare each method with the eager model, separately: prefill alone, decode continuing a prefill,
 and decode alone from position 0 (so a wrong method shows by itself).
 
-usage: python scripts/device/diag_ops.py [CHECKPOINT] [fp32|bf16]
+When to use: CUDA artifacts give other tokens than the eager model (tests/test_export_cuda.py fails) and you
+need to know which method is wrong before bisecting it (bisect_prefill.py). Run on a GPU machine.
+
+usage: python scripts/tools/compare_methods.py [CHECKPOINT] [fp32|bf16]
 """
 
 import faulthandler

@@ -1,7 +1,9 @@
 """Where does a CUDA export spend its time? Wall-clock timers around the lowering's steps (printed as each
 ends, so a run cut off by a time limit still says how far it got), or cProfile with `--cprofile`.
 
-    python scripts/device/profile_export.py OUT_DIR [--model tiny|qwen3.5-2b|...] [--kernels reference|ops]
+When to use: an export got slower, or before working on export time; the models are gdn_bench's.
+
+    python scripts/tools/profile_export.py OUT_DIR [--model tiny|qwen3.5-2b|...] [--kernels reference|ops]
 """
 
 import argparse

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs pytest selections side by side on the device, one process each, logs under $OUT.
-# usage: scripts/device/pytest_parallel.sh LIMIT_S "name|pytest args" ...
+# When to use: GPU test files that are each mostly waiting on compiles fit one device command together.
+# usage: scripts/tools/pytest_parallel.sh LIMIT_S "name|pytest args" ...
 limit=$1; shift
 pids=()
 for spec in "$@"; do

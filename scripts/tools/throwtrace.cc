@@ -1,9 +1,9 @@
 // LD_PRELOAD shim for the device: prints a native backtrace to stderr whenever a std::length_error,
 // std::bad_alloc or bad_array_new_length is thrown, and on SIGSEGV / SIGABRT. pybind11 turns those C++
 // exceptions into Python ValueError / MemoryError without a native stack, and the device has no gdb.
-// It found the dangling operator handles behind the random export crashes (2026-11-22).
+// When to use: a native crash or a bare ValueError / MemoryError from inside torch or ExecuTorch on the device.
 //
-//   g++ -O1 -shared -fPIC -o throwtrace.so scripts/device/throwtrace.cc -ldl   (here; carry the .so)
+//   g++ -O1 -shared -fPIC -o throwtrace.so scripts/tools/throwtrace.cc -ldl   (here; carry the .so)
 //   LD_PRELOAD=$PWD/throwtrace.so python3 ...                                       (there)
 // Offsets inside stripped libraries resolve only against the identical build (gdb `info symbol`).
 #include <dlfcn.h>
