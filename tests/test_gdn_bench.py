@@ -12,7 +12,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import gdn_bench  # noqa: E402
 
-STORED = SCRIPTS / "results" / "bench.json"
+STORED = Path(__file__).parent / "data" / "gdn_bench_run.json"  # an H100 run of gdn_bench, as input
 
 
 def split_runs(folder: Path) -> list[Path]:
