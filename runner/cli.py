@@ -37,7 +37,7 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None, prompt_ids: str |
              if v is not None]
     if len(given) != 1:
         raise InputError("give exactly one of --prompt, --prompt-file, --prompt-ids" +
-                        (f" (got {', '.join(given)})" if given else ""))
+                         (f" (got {', '.join(given)})" if given else ""))
     if prompt_ids is not None:
         if chat:
             raise InputError("--chat needs a text prompt (--prompt or --prompt-file), not --prompt-ids")
