@@ -158,7 +158,7 @@ def prefill_rows(T: int, w: dict[str, torch.Tensor], bw: float, mm: float) -> li
                        + ["—"] * 4))
     if T == 8192:
         kernels = timing.kernel_medians(lambda: moe_prefill(x, logits, w["gate_up"], w["down"], K, True))
-        out.append(f"\nT = 8192, the routed experts' kernels alone (ms, profiler medians): "
+        out.append("\nT = 8192, the routed experts' kernels alone (ms, profiler medians): "
                    + ", ".join(f"{k} {v / 1e3:.3f}" for k, v in kernels.items()))
     return out
 
