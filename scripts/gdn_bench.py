@@ -1,12 +1,13 @@
 """gdn-bench: tokens/s at batch 1 against the memory limit and against transformers, in one run, on one GPU.
 
     python scripts/gdn_bench.py [--models tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l] [--out DIR] [--no-peer]
+        [--max-seq-len N] [--prompts 128,1024,4096] [--positions 128,8192,32768,131072]
     python scripts/gdn_bench.py --merge A/bench.json B/bench.json --out DIR   (no GPU needed)
 
 For each model (random weights made on the fly in Hugging Face layout by transformers, except `tiny`, the
 bundled default model): export time and artifact size, load time, time to first token, prefill tokens/s at
-128 / 1024 / 4096 prompt tokens, decode tokens/s over 256 new tokens with and without the CUDA graph, peak
-GPU memory. The memory limit of a decode step is the bytes it must read (the weights a token uses - for MoE
+the --prompts lengths, decode tokens/s over 256 new tokens with and without the CUDA graph (and, with
+--positions, from each given position of a long cache), peak GPU memory. The memory limit of a decode step is the bytes it must read (the weights a token uses - for MoE
 only the routed and shared experts -, the recurrent and conv state, the KV cache in use) over the
 device-to-device copy bandwidth measured in the same run. The peers are transformers' `generate` on the
 same checkpoint in bf16 (flash-linear-attention's kernels when fla is installed): eager, and with its
@@ -68,6 +69,9 @@ class Result:
     prefill_tok_s: dict = field(default_factory=dict)
     decode_tok_s_graph: float = 0.0
     decode_tok_s_eager: float = 0.0
+    max_seq_len: int = 0
+    decode_at: dict = field(default_factory=dict)  # position -> graph decode tok/s (--positions)
+    limit_at: dict = field(default_factory=dict)  # position -> memory-limit tok/s there
     decode_bytes: int = 0
     limit_tok_s: float = 0.0
     loaded_gpu_bytes: int = 0
@@ -137,16 +141,21 @@ def start_greedy(runner: Runner, loop: DecodeLoop, prompt: list[int]) -> None:
     torch.cuda.synchronize()
 
 
-def time_decode(runner: Runner, prompt: list[int], graph: bool) -> float:
+def time_decode(runner: Runner, prompt: list[int], graph: bool, at: int | None = None) -> float:
     """Tokens/s over NEW_TOKENS greedy steps after a prefill (each step reads its token back, as gdn-run does);
-    the first run warms up (and captures the graph)."""
+    the first run warms up (and captures the graph). `at`: decode from that position instead of the prompt's
+    end (the cache between holds what it holds; the attention reads positions 0..pos either way)."""
     loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=graph)
+
+    def setup():
+        loop.start(prefill(runner.methods, prompt, 0, runner.prefill_chunk), len(prompt) if at is None else at)
+        torch.cuda.synchronize()
 
     def steps():
         for _ in range(NEW_TOKENS - 1):
             loop.step()
 
-    us = timing.median_us(steps, iters=3, warmup=1, setup=lambda: start_greedy(runner, loop, prompt))
+    us = timing.median_us(steps, iters=3, warmup=1, setup=setup)
     return (NEW_TOKENS - 1) / (us * 1e-6)
 
 
@@ -175,7 +184,7 @@ def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int 
 def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str) -> tuple[Path, float, bool]:
     """-> (artifact, export seconds, reused). An artifact already in `folder` is reused, with the export
     time measured when it was made (kept beside it)."""
-    out = folder / f"{name}-{dtype}.pte"
+    out = folder / f"{name}-{dtype}-s{max_seq_len}.pte"
     timing = out.with_suffix(".export_s")
     if out.exists() and timing.exists():
         return out, float(timing.read_text()), True
@@ -187,7 +196,16 @@ def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype
     return out, seconds, False
 
 
-def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result) -> None:
+def time_prefill(runner: Runner, ids: list[int], prompts: list[int], r: Result) -> None:
+    """Prefill tok/s from position 0 (median of 3 runs; 1 run from 16k tokens up, where one run takes seconds)."""
+    for n in prompts:
+        if n + NEW_TOKENS < runner.max_seq_len:
+            ms = cuda_ms(lambda: prefill(runner.methods, ids[:n], 0, runner.prefill_chunk), 3 if n < 16384 else 1)
+            r.prefill_tok_s[n] = n / (ms / 1e3)
+
+
+def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result,
+               prompts: list[int], positions: list[int]) -> None:
     out, r.export_s, reused = export_artifact(name, ckpt, folder, max_seq_len, dtype)
     if reused:
         r.notes.append("artifact from an earlier run in the same folder (export time measured then)")
@@ -204,19 +222,22 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     reserved0 = torch.cuda.memory_reserved()
     vocab = runner.vocab_size
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (max(PROMPTS),), generator=g).tolist()
-    for n in PROMPTS:
-        if n + NEW_TOKENS < runner.max_seq_len:
-            ms = cuda_ms(lambda: prefill(runner.methods, ids[:n], 0, runner.prefill_chunk), 3)
-            r.prefill_tok_s[n] = n / (ms / 1e3)
+    ids = torch.randint(3, vocab, (max(prompts + [128]),), generator=g).tolist()
+    r.max_seq_len = runner.max_seq_len
+    time_prefill(runner, ids, prompts, r)
     r.ttft_ms = statistics.median(
         runner.generate(ids[:128], max_new_tokens=1, sampling=GREEDY).timings.prefill_s * 1e3
         for _ in range(3))
     r.decode_tok_s_eager = time_decode(runner, ids[:128], graph=False)
     r.decode_tok_s_graph = time_decode(runner, ids[:128], graph=True)
+    state = state_bytes(runner)
+    for pos in positions:
+        if pos + NEW_TOKENS < runner.max_seq_len:
+            r.decode_at[pos] = time_decode(runner, ids[:128], graph=True, at=pos)
+            r.limit_at[pos] = decode_bytes(runner.meta.config, runner.meta.dtype, pos + NEW_TOKENS // 2, state)
     r.peak_gpu_bytes = r.loaded_gpu_bytes - reserved0 + torch.cuda.max_memory_reserved()
     r.decode_profile = profile_decode(runner, ids[:128])
-    r.decode_bytes = decode_bytes(runner.meta.config, runner.meta.dtype, 128 + NEW_TOKENS // 2, state_bytes(runner))
+    r.decode_bytes = decode_bytes(runner.meta.config, runner.meta.dtype, 128 + NEW_TOKENS // 2, state)
     runner.close()
 
 
@@ -279,13 +300,14 @@ def environment() -> dict:
 
 
 def table(results: list[Result], bw: float) -> str:
+    prompts = sorted({n for r in results for n in r.prefill_tok_s}) or list(PROMPTS)
     rows = [f"copy bandwidth {bw / 1e9:.0f} GB/s (read + write)",
             f"{'model':20} {'export s':>8} {'size MB':>8} {'load s':>6} {'TTFT ms':>8} "
-            + " ".join(f"{'pre' + str(n):>8}" for n in PROMPTS)
+            + " ".join(f"{'pre' + str(n):>8}" for n in prompts)
             + f" {'dec graph':>9} {'dec eager':>9} {'limit':>7} {'%limit':>6} {'peer':>7} {'x peer':>6}"
             + f" {'compiled':>8} {'x comp':>6} {'peak GB':>7}"]
     for r in results:
-        pre = " ".join(f"{r.prefill_tok_s.get(n, float('nan')):8.0f}" for n in PROMPTS)
+        pre = " ".join(f"{r.prefill_tok_s.get(n, float('nan')):8.0f}" for n in prompts)
         peer = r.peer.get("decode_tok_s", float("nan"))
         comp = r.peer_compiled.get("decode_tok_s", float("nan"))
         rows.append(f"{r.model:20} {r.export_s or float('nan'):8.1f} {r.artifact_bytes / 1e6:8.1f} {r.load_s:6.2f} "
@@ -293,6 +315,11 @@ def table(results: list[Result], bw: float) -> str:
                     f"{r.limit_tok_s:7.0f} {100 * r.decode_tok_s_graph / r.limit_tok_s:5.1f}% {peer:7.1f} "
                     f"{r.decode_tok_s_graph / peer:6.1f} {comp:8.1f} {r.decode_tok_s_graph / comp:6.1f} "
                     f"{r.peak_gpu_bytes / 1e9 if r.peak_gpu_bytes else float('nan'):7.2f}")
+    for r in results:
+        for pos, tok_s in sorted(r.decode_at.items()):
+            limit = bw / r.limit_at[pos]
+            rows.append(f"{r.model} (max_seq_len {r.max_seq_len}) decode at position {pos}: {tok_s:.1f} tok/s, "
+                        f"limit {limit:.0f}, {100 * tok_s / limit:.1f}%")
     return "\n".join(rows)
 
 
@@ -337,6 +364,8 @@ def load_results(paths: list[Path]) -> tuple[dict, float, list[Result]]:
         for row in rep["results"]:
             r = Result(**{k: v for k, v in row.items() if k in known})
             r.prefill_tok_s = {int(k): v for k, v in r.prefill_tok_s.items()}
+            r.decode_at = {int(k): v for k, v in r.decode_at.items()}
+            r.limit_at = {int(k): v for k, v in r.limit_at.items()}
             if "loaded_gpu_bytes" not in row:  # runs before the device-wide count measured torch's allocator only
                 r.peak_gpu_bytes = 0
                 r.notes.append("GPU memory not measured")
@@ -363,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench"))
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="our artifact's dtype (the peer runs bf16)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--max-seq-len", type=int, default=None,
+                    help="the artifacts' KV cache (default: the longest prompt plus the decoded tokens; 512 for tiny)")
+    ap.add_argument("--prompts", default=",".join(map(str, PROMPTS)), help="prefill lengths to time, from position 0")
+    ap.add_argument("--positions", default="",
+                    help="also time graph decode from these positions (e.g. 128,8192,32768,131072), each beside "
+                         "its memory limit there")
     ap.add_argument("--peer-tokens", type=int, default=NEW_TOKENS,
                     help="new tokens per timed transformers generate (fewer keeps slow peers within a device command)")
     ap.add_argument("--export-only", action="store_true",
@@ -383,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         write_report(results, env, bw, args.out)
         return 0
     names = args.models.split(",")
+    try:
+        prompts = [int(n) for n in args.prompts.split(",") if n]
+        positions = [int(n) for n in args.positions.split(",") if n]
+    except ValueError:
+        print("gdn-bench: error: --prompts and --positions take comma-separated integers", file=sys.stderr)
+        return 2
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         print(f"gdn-bench: error: unknown model {unknown[0]!r}; expected one of {', '.join(MODELS)}", file=sys.stderr)
@@ -396,12 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         r = Result(name)
         ckpt = make_checkpoint(name, args.out)
-        max_seq = 512 if name == "tiny" else max(PROMPTS) + NEW_TOKENS + 64
+        max_seq = args.max_seq_len or (512 if name == "tiny" else max(prompts) + NEW_TOKENS + 64)
         if args.export_only:
             path, seconds, reused = export_artifact(name, ckpt, args.out, max_seq, args.dtype)
             print(f"{name}: {path} ({'reused' if reused else f'exported in {seconds:.1f} s'})", flush=True)
             continue
-        bench_ours(name, ckpt, args.out, max_seq, args.dtype, r)
+        bench_ours(name, ckpt, args.out, max_seq, args.dtype, r, prompts, positions)
         r.notes.append(f"gdn {args.dtype}")
         r.limit_tok_s = bw / r.decode_bytes
         if not args.no_peer:
