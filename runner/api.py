@@ -30,6 +30,7 @@ from .loop import DecodeLoop, prefill
 from .methods import Methods
 from .sampling import SamplingParams
 from .session import Prompt, Session, user_message
+from .stops import StopStrings
 from .stream import GenerationResult, TextStream
 from .tokenizer import ChatTemplate, StreamDecoder, Tokenizer
 
@@ -137,8 +138,8 @@ class Runner:
 
     def stream(self, prompt: Prompt, *, chat: bool = False, **options) -> TextStream:
         """A new sequence from position 0: `prompt` (text or ids), or with chat=True a user message rendered
-        through the chat template. Options: max_new_tokens, and `sampling` or temperature / top_k / top_p /
-        seed over the artifact's generation defaults."""
+        through the chat template. Options: max_new_tokens; `sampling` or temperature / top_k / top_p / seed
+        over the artifact's generation defaults; stop: up to four strings that end the text before them."""
         ids = self.encode_chat([user_message(prompt)]) if chat else self.encode(prompt)
         return self._turn(ids, reuse=False, **options)
 
@@ -160,6 +161,7 @@ class Runner:
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        stop: Sequence[str] = (),
     ) -> TextStream:
         """Check the settings and the fit now, before any work; the turn itself runs as the stream is read.
         reuse: keep the state's prefix of `ids` (a session's next turn); on_end(result): called when the turn
@@ -168,22 +170,25 @@ class Runner:
         if steps < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {steps}")
         params = sampling or self.sampling(temperature, top_k, top_p, seed)
+        stops = StopStrings(stop)
+        if stops.stops and self.tokenizer is None:
+            raise InputError("stop strings need the artifact's tokenizer, and this artifact has none")
         if len(ids) >= self.max_seq_len:
             raise ContextFullError(f"prompt of {len(ids)} tokens does not fit max_seq_len {self.max_seq_len} "
                                    "(room is needed for one new token)")
         result = GenerationResult(prompt_ids=ids, sampling=params)
-        return TextStream(self._generate(result, steps, reuse, on_end))
+        return TextStream(self._generate(result, steps, reuse, on_end, stops))
 
     def _generate(
         self, result: GenerationResult, max_new_tokens: int, reuse: bool,
-        on_end: Callable[[GenerationResult], None] | None,
+        on_end: Callable[[GenerationResult], None] | None, stops: StopStrings,
     ) -> Generator[tuple[int, str], None, GenerationResult]:
         """The generation path: claim the state, prefill what it lacks, run the decode loop, detokenize."""
         ids, out, t = result.prompt_ids, result.generated_ids, result.timings
         with self._exclusive():
             start = self._reusable(ids) if reuse else 0
             self._held = []  # unknown until the turn ends
-            self._loop.set_sampling(result.sampling, reset_counter=start == 0)
+            self._loop.set_sampling(result.sampling, reset_counter=True)  # a seed draws alike with or without reuse
             decoder = StreamDecoder(self.tokenizer) if self.tokenizer else None
             limit = min(max_new_tokens, self.max_seq_len - len(ids))  # every fed token needs a cache slot
             result.reused_tokens, result.prefilled_tokens = start, len(ids) - start
@@ -195,21 +200,21 @@ class Runner:
                 while True:
                     out.append(token)
                     t.generated_tokens = len(out)
-                    yield token, decoder.push(token) if decoder and token not in self.stop_ids else ""
-                    if token in self.stop_ids or len(out) >= limit:
+                    yield token, stops.push(decoder.push(token)) if decoder and token not in self.stop_ids else ""
+                    if token in self.stop_ids or stops.hit is not None or len(out) >= limit:
                         break
                     token = self._loop.step()
                     t.decode_s = time.perf_counter() - t0 - t.prefill_s
-                tail = decoder.flush() if decoder else ""
+                tail = stops.push(decoder.flush()) + stops.flush() if decoder else ""
                 if tail:
                     yield -1, tail
             finally:  # also when the stream is closed early: the state holds what ran
                 self._held = ids + out[:-1] if out else []
                 if on_end is not None:
                     on_end(result)
-        result.stop_reason = ("stop_token" if out[-1] in self.stop_ids else
-                              "max_new_tokens" if len(out) == max_new_tokens else "context_full")
-        result.text = self.text(out)
+        result.stop_reason = ("stop_token" if out[-1] in self.stop_ids else "stop_string" if stops.hit is not None
+                              else "max_new_tokens" if len(out) == max_new_tokens else "context_full")
+        result.text = stops.text if stops.hit is not None else self.text(out)
         result.decode_path, result.graph = self._loop.path, self.graph_counters
         return result
 

@@ -42,8 +42,8 @@ class GenerationResult:
     prompt_ids: list[int]  # the ids of this turn's input (the whole rendered conversation for chat)
     sampling: SamplingParams
     generated_ids: list[int] = field(default_factory=list)  # the stop token, when one ended the turn, is last
-    text: str | None = None  # generated ids decoded, stop tokens left out; None without a tokenizer
-    stop_reason: str | None = None  # "stop_token" | "max_new_tokens" | "context_full"
+    text: str | None = None  # generated ids decoded without stop tokens, cut before a stop string; None: no tokenizer
+    stop_reason: str | None = None  # "stop_token" | "stop_string" | "max_new_tokens" | "context_full"
     prefilled_tokens: int = 0  # tokens this turn ran through prefill
     reused_tokens: int = 0  # tokens whose state was kept from the previous turn
     decode_path: str = "eager"  # "cuda_graph" | "warmup" (not captured yet) | "eager"; `graph` has the counts
