@@ -10,6 +10,7 @@ parameter must be filled, and every shape must match, or `CheckpointError` names
 from __future__ import annotations
 
 import json
+import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,10 @@ class SafetensorsDir:
 
     def keys(self) -> set[str]:
         return set(self._file_of)
+
+    def numel(self) -> int:
+        """Elements over all tensors (from the headers; nothing is read)."""
+        return sum(math.prod(self.shape(k)) for k in self._file_of)
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._open(self._file_of[key]).get_slice(key).get_shape())

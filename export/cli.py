@@ -31,7 +31,8 @@ def _quiet_libraries() -> None:
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default=None, help="Weights and activations (default: bf16 on CUDA, fp32 on CPU).")
 @click.option("--state-dtype", type=click.Choice(["fp32", "bf16"]), default=None,
               help="Recurrent GDN state (default: the checkpoint's mamba_ssm_dtype, else fp32).")
-@click.option("--max-seq-len", type=int, default=None, help="KV-cache length (default: min(4096, max_position_embeddings)).")
+@click.option("--max-seq-len", type=int, default=None, help="KV-cache length (default on CUDA: the model's max_position_embeddings, capped to an 8 GiB KV cache; "
+                   "CPU and reference kernels: min(4096, max_position_embeddings)).")
 @click.option("--max-prefill-chunk", type=int, default=None,
               help="Largest prefill length per call (CPU and reference kernels: at most 64).")
 @click.option("--kernels", type=click.Choice(["auto", "ops", "reference"]), default="auto", show_default=True,

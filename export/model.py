@@ -100,7 +100,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        # [Hkv, S, D]: no leading batch dim, so the attention reads the caches without a view (the edge
+        # [Hkv, S, D]: no leading batch dim, so the attention ops take the caches without a view (the edge
         # dialect turns views into copies, and a copy of the whole cache per step costs more than the read)
         cache = (self.n_kv, max_seq_len, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(cache, dtype=dtype))
@@ -118,30 +118,10 @@ class Attention(nn.Module):
         q, gate = qg.view(T, self.n_heads, 2 * D).chunk(2, dim=-1)  # [T, H, D] each
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k.view(T, self.n_kv, D)), cos, sin)
-        self.k_cache[:, input_pos] = k.transpose(0, 1)
-        self.v_cache[:, input_pos] = v.view(T, self.n_kv, D).transpose(0, 1)
-        group = self.n_heads // self.n_kv
-        # [Hkv, group * T, D]: the query heads that share a KV head, stacked
-        qh = q.view(T, self.n_kv, group, D).permute(1, 2, 0, 3).reshape(self.n_kv, group * T, D)
-        visible = torch.arange(self.k_cache.shape[1], device=qkv.device)[None, :] <= input_pos[:, None]  # [T, S]
-        if decode:
-            out = self._attend_one(qh, visible)
-        else:
-            out = self._attend(qh, visible.repeat(group, 1))
-        out = out.view(self.n_kv, group, T, D).permute(2, 0, 1, 3).reshape(T, q_out)
-        return project(self.o_proj, out * torch.sigmoid(gate.reshape(T, q_out)), self.kernels, decode)
-
-    def _attend(self, qh, visible):
-        """qh [Hkv, gT, D], visible [gT, S] -> [Hkv, gT, D]."""
-        scores = (qh @ self.k_cache.transpose(-1, -2)) * self.head_dim**-0.5  # [Hkv, gT, S]
-        probs = F.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1, dtype=torch.float32)
-        return probs.to(qh.dtype) @ self.v_cache
-
-    def _attend_one(self, qh, visible):
-        """One token: the small query is transposed instead of the cache. qh [Hkv, g, D], visible [1, S]."""
-        scores = (self.k_cache @ qh.transpose(-1, -2)) * self.head_dim**-0.5  # [Hkv, S, g]
-        probs = F.softmax(scores.masked_fill(~visible[0, :, None], float("-inf")), dim=1, dtype=torch.float32)
-        return probs.to(qh.dtype).transpose(-1, -2) @ self.v_cache  # [Hkv, g, D]
+        attend = self.kernels.decode_attention if decode else self.kernels.prefill_attention
+        # writes k, v into the caches at input_pos, then attends over positions 0..input_pos only
+        out = attend(q, k, v.view(T, self.n_kv, D), self.k_cache, self.v_cache, input_pos)  # [T, H, D]
+        return project(self.o_proj, out.reshape(T, q_out) * torch.sigmoid(gate.reshape(T, q_out)), self.kernels, decode)
 
 
 class GatedDeltaNet(nn.Module):

@@ -28,7 +28,9 @@ DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model"
 # the reference chunked gated delta rule traces to plain ATen for one chunk of at most 64 tokens
 REFERENCE_PREFILL_CHUNK = 64
 DEFAULT_CUDA_PREFILL_CHUNK = 1024
-DEFAULT_MAX_SEQ_LEN = 4096
+DEFAULT_MAX_SEQ_LEN = 4096  # the bounded default of the CPU path and the reference kernels
+KV_BUDGET_BYTES = 8 << 30  # CUDA (ops kernels): the default max_seq_len is the model's limit, capped to this KV cache
+DEVICE_MEMORY_SHARE = 0.9  # an explicit --max-seq-len must leave weights + KV cache within this share of the GPU
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -39,7 +41,7 @@ class ExportOptions:
     backend: str = "auto"  # auto | cuda | cpu
     dtype: str | None = None  # fp32 | bf16; None: bf16 on CUDA, fp32 on CPU
     state_dtype: str | None = None  # None: the checkpoint's mamba_ssm_dtype, else fp32
-    max_seq_len: int | None = None  # None: min(DEFAULT_MAX_SEQ_LEN, max_position_embeddings)
+    max_seq_len: int | None = None  # None: default_max_seq_len()
     max_prefill_chunk: int | None = None
     kernels: str = "auto"  # auto | ops | reference
     autotune: str = "decode"  # CUDA: methods whose GEMMs AOTInductor autotunes: all | decode | none
@@ -83,6 +85,40 @@ def _dtype(name: str | None, default: torch.dtype, flag: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    n_attn = sum(t == "full_attention" for t in cfg.layer_types)
+    return n_attn * 2 * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize  # K and V
+
+
+def default_max_seq_len(cfg: ModelConfig, kernels: str, dtype: torch.dtype) -> int:
+    """The ops kernels attend over the positions in use, so their cache can span the model's limit (within
+    KV_BUDGET_BYTES); the reference attention reads the whole cache every step, so it keeps a bounded default."""
+    limit = cfg.max_position_embeddings
+    if kernels != "ops":
+        return min(DEFAULT_MAX_SEQ_LEN, limit)
+    fits = KV_BUDGET_BYTES // kv_bytes_per_token(cfg, dtype) // 256 * 256
+    return max(2, min(limit, fits))
+
+
+def resolve_max_seq_len(cfg: ModelConfig, requested: int | None, kernels: str, dtype: torch.dtype, ckpt: Path) -> int:
+    if requested is None:
+        return default_max_seq_len(cfg, kernels, dtype)
+    limit = cfg.max_position_embeddings
+    if requested < 2:
+        raise ExportError(f"--max-seq-len must be at least 2, got {requested}")
+    if requested > limit:
+        raise ExportError(f"--max-seq-len {requested} exceeds the model's max_position_embeddings {limit}")
+    if kernels == "ops":
+        weights = SafetensorsDir(ckpt)
+        need = weights.numel() * dtype.itemsize + requested * kv_bytes_per_token(cfg, dtype)
+        weights.close()
+        have = int(torch.cuda.get_device_properties(0).total_memory * DEVICE_MEMORY_SHARE)
+        if need > have:
+            raise ExportError(f"--max-seq-len {requested} needs {need / 2**30:.1f} GiB of GPU memory for weights and "
+                              f"KV cache, beyond {have / 2**30:.1f} GiB ({DEVICE_MEMORY_SHARE:.0%} of this GPU)")
+    return requested
+
+
 @dataclass(frozen=True)
 class Plan:
     cfg: ModelConfig
@@ -107,12 +143,7 @@ def plan(opts: ExportOptions) -> Plan:
     dtype = _dtype(opts.dtype, torch.bfloat16 if backend == "cuda" else torch.float32, "--dtype")
     state_default = DTYPES.get(cfg.ssm_state_dtype or "float32", torch.float32)
     state_dtype = _dtype(opts.state_dtype, state_default, "--state-dtype")
-    limit = cfg.max_position_embeddings
-    max_seq_len = opts.max_seq_len if opts.max_seq_len is not None else min(DEFAULT_MAX_SEQ_LEN, limit)
-    if max_seq_len < 2:
-        raise ExportError(f"--max-seq-len must be at least 2, got {max_seq_len}")
-    if max_seq_len > limit:
-        raise ExportError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings {limit}")
+    max_seq_len = resolve_max_seq_len(cfg, opts.max_seq_len, kernels, dtype, ckpt)
     bound = REFERENCE_PREFILL_CHUNK if kernels == "reference" else max_seq_len
     default_chunk = REFERENCE_PREFILL_CHUNK if kernels == "reference" else DEFAULT_CUDA_PREFILL_CHUNK
     chunk = min(opts.max_prefill_chunk or default_chunk, bound, max_seq_len)

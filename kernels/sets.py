@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .attention import op as _attn_op
+from .attention import reference as _attn_ref
 from .causal_conv1d import op as _conv_op
 from .causal_conv1d import reference as _conv_ref
 from .gated_delta_rule import op as _gdr_op
@@ -29,6 +31,8 @@ class KernelSet:
     moe_shared: Callable
     gemv: Callable
     norm_gemv: Callable
+    prefill_attention: Callable
+    decode_attention: Callable
 
 
 REFERENCE = KernelSet(
@@ -39,6 +43,8 @@ REFERENCE = KernelSet(
     _moe_ref.moe_shared,
     _gemv_ref.gemv,
     _gemv_ref.norm_gemv,
+    _attn_ref.prefill_attention,
+    _attn_ref.decode_attention,
 )
 OPS = KernelSet(
     "ops",
@@ -48,5 +54,7 @@ OPS = KernelSet(
     _moe_op.moe_shared,
     _gemv_op.gemv,
     _gemv_op.norm_gemv,
+    _attn_op.prefill_attention,
+    _attn_op.decode_attention,
 )
 KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}

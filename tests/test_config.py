@@ -79,3 +79,24 @@ def test_missing_or_broken_config_json(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(tmp_path)
+
+
+def test_default_max_seq_len_spans_the_model_limit_within_the_kv_budget():
+    """ops kernels: the model's limit, capped so the KV cache fits KV_BUDGET_BYTES; CPU/reference: bounded."""
+    import torch
+
+    from gdn.export.pipeline import DEFAULT_MAX_SEQ_LEN, KV_BUDGET_BYTES, default_max_seq_len, kv_bytes_per_token
+
+    types = [LINEAR, LINEAR, LINEAR, FULL] * 6
+    qwen35_2b = parse_config({**BASE, "model_type": "qwen3_5_text", "num_hidden_layers": 24, "layer_types": types, "rope_theta": 1e7,
+                              "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 256,
+                              "max_position_embeddings": 262144})
+    assert kv_bytes_per_token(qwen35_2b, torch.bfloat16) == 6 * 2 * 2 * 256 * 2
+    assert default_max_seq_len(qwen35_2b, "ops", torch.bfloat16) == 262144
+    assert default_max_seq_len(qwen35_2b, "reference", torch.bfloat16) == DEFAULT_MAX_SEQ_LEN
+    wide = parse_config({**BASE, "model_type": "qwen3_5_text", "num_hidden_layers": 24, "layer_types": types, "rope_theta": 1e7,
+                         "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 256,
+                         "max_position_embeddings": 262144})
+    n = default_max_seq_len(wide, "ops", torch.float32)
+    assert n % 256 == 0 and n * kv_bytes_per_token(wide, torch.float32) <= KV_BUDGET_BYTES
+    assert (n + 256) * kv_bytes_per_token(wide, torch.float32) > KV_BUDGET_BYTES

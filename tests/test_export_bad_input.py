@@ -56,6 +56,23 @@ def test_max_seq_len_beyond_model(tmp_path, hf_checkpoints):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_max_seq_len_beyond_gpu_memory(tmp_path, hf_checkpoints):
+    """A KV cache that cannot fit the GPU is refused before any stage runs (a config with a huge limit)."""
+    src, _ = hf_checkpoints("qwen3_5")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["max_position_embeddings"] = 1 << 40
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    out.mkdir()
+    run = gdn_export(str(out / "m.pte"), "--checkpoint", str(ckpt), "--backend", "cuda", "--max-seq-len", str(1 << 39))
+    assert_refused(run, str(1 << 39), "GiB of GPU memory")
+    assert list(out.iterdir()) == []
+
+
 def test_prefill_chunk_beyond_reference_bound(tmp_path, hf_checkpoints):
     src, _ = hf_checkpoints("qwen3_5")
     run = gdn_export(str(tmp_path / "m.pte"), "--checkpoint", str(src), "--backend", "cpu", "--max-prefill-chunk", "65")
