@@ -37,7 +37,10 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
+    # weights re-laid out by the CPU kernels (a permute, a concat) fold into constants XNNPACK packs once
+    programs = {name: constant_prop_pass(drop_noop_casts(ep)) for name, ep in programs.items()}
     edge = to_edge_transform_and_lower(
         programs,
         partitioner=[XnnpackPartitioner()],
@@ -45,7 +48,38 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
     )
     _add_named_data(edge, named_data)
     planning = MemoryPlanningPass(alloc_mutable_buffers=True, share_mutable_buffers=True)
-    return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True))
+    # run_reinplace_pass: the caches' index_put becomes an in-place write, not a copy of the cache per call
+    config = ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True,
+                                     run_reinplace_pass=True)
+    return edge.to_executorch(config)
+
+
+NOOP_CAST_TARGETS = (torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout)
+
+
+def drop_noop_casts(ep: ExportedProgram) -> ExportedProgram:
+    """`.float()` / `.to(dtype)` on a tensor already of that dtype (the fp32 CPU path's kernels cast freely)
+    leave a cast and a metadata assertion per call in the exported graph: a quarter of its nodes, each paid in
+    every lowering pass. The casts are identities there: their uses read the input instead."""
+    graph = ep.graph_module.graph
+    for node in list(graph.nodes):
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            graph.erase_node(node)
+        elif node.target in NOOP_CAST_TARGETS and _is_identity_cast(node):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    ep.graph_module.recompile()
+    return ep
+
+
+def _is_identity_cast(node) -> bool:
+    src, out = node.args[0].meta.get("val"), node.meta.get("val")
+    if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return False
+    kw = node.kwargs
+    copy = kw.get("copy", False) or (node.target is torch.ops.aten.to.dtype and len(node.args) > 3 and node.args[3])
+    same_layout = kw.get("memory_format") in (None, torch.preserve_format)
+    return src.dtype == out.dtype and src.device == out.device and not copy and same_layout
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """The two kernel sets behind one function boundary that the model calls.
 
-`REFERENCE` calls the plain-PyTorch specifications directly: they trace into ATen ops, which is what the
-ExecuTorch CPU runtime executes. `OPS` calls the registered `torch.ops.gdn.*` ops, which `torch.export`
-keeps opaque (any prefill length) and AOTInductor compiles with their Triton kernels on CUDA.
+`REFERENCE` calls plain PyTorch, which traces into ATen ops, what the ExecuTorch CPU runtime executes: the
+specifications (`reference.py`) directly, or where the CPU runs another formulation faster, its `cpu.py`
+(tested against the specification in float64). `OPS` calls the registered `torch.ops.gdn.*` ops, which
+`torch.export` keeps opaque (any prefill length) and AOTInductor compiles with their Triton kernels on CUDA.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .attention import cpu as _attn_cpu
 from .attention import op as _attn_op
 from .attention import reference as _attn_ref
 from .causal_conv1d import op as _conv_op
 from .causal_conv1d import reference as _conv_ref
+from .gated_delta_rule import cpu as _gdr_cpu
 from .gated_delta_rule import op as _gdr_op
 from .gated_delta_rule import reference as _gdr_ref
 from .gemv import op as _gemv_op
 from .gemv import reference as _gemv_ref
+from .moe import cpu as _moe_cpu
 from .moe import op as _moe_op
-from .moe import reference as _moe_ref
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,13 @@ class KernelSet:
 REFERENCE = KernelSet(
     "reference",
     _conv_ref.causal_conv1d,
-    _gdr_ref.chunk_gated_delta_rule,
+    _gdr_cpu.chunk_gated_delta_rule,
     _gdr_ref.recurrent_gated_delta_rule,
-    _moe_ref.moe_shared,
+    _moe_cpu.moe_shared,
     _gemv_ref.gemv,
     _gemv_ref.norm_gemv,
     _attn_ref.prefill_attention,
-    _attn_ref.decode_attention,
+    _attn_cpu.decode_attention,
 )
 OPS = KernelSet(
     "ops",

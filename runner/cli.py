@@ -83,14 +83,18 @@ def _stats_line(result, runner, ready_s: float | None) -> str:
                    "CPU artifacts always decode eagerly: there --cuda-graph is ignored with a notice on stderr.")
 @click.option("--stats", is_flag=True, help="Print load time, prefill and decode tokens/s, time to first token (stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (ids, text, timings) instead of streaming.")
+@click.option("--verbose", is_flag=True, help="Let the native runtime's informational log lines through (stderr).")
 def command(model, prompt, prompt_file, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, chat,
-            cuda_graph, stats, as_json):
+            cuda_graph, stats, as_json, verbose):
     """Generate text (or token ids) from a gdn-export artifact."""
     prompt = _read_prompt(prompt, prompt_file, prompt_ids, chat)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     from .api import Runner  # torch is imported here, after the cheap checks
+    from .methods import NATIVE_LOGS_ENV
 
+    if verbose:
+        os.environ[NATIVE_LOGS_ENV] = "1"
     runner = Runner.load(model, cuda_graph=cuda_graph)
     ready_s = _seconds_since_process_start()
     if cuda_graph and runner.device.type != "cuda":

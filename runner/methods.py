@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 
@@ -42,18 +44,50 @@ def load_methods(artifact: Artifact) -> Methods:
     return CudaMethods(artifact)
 
 
+# the runtime logs these at INFO level to stderr whenever XNNPACK starts (cpuinfo's CPU detection)
+NATIVE_NOISE = ("[cpuinfo_utils.cpp:",)
+NATIVE_LOGS_ENV = "GDN_NATIVE_LOGS"  # "1": let the native runtime's log lines through (gdn-run --verbose)
+
+
+@contextmanager
+def quiet_native_logs(enabled: bool) -> Iterator[None]:
+    """Holds what native code writes to file descriptor 2 while the block runs, then writes it to stderr without
+    the lines that start with NATIVE_NOISE, so errors and warnings still show; enabled False: a no-op."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith(NATIVE_NOISE))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
 class CpuMethods:
     """The two methods through the executorch pip wheel's runtime; the program is memory-mapped by it. The
-    mutable state lives in one memory arena that the two methods share."""
+    mutable state lives in one memory arena that the two methods share. The runtime's informational log lines
+    at load are hidden unless $GDN_NATIVE_LOGS is 1 (quiet_native_logs)."""
 
     def __init__(self, artifact: Artifact):
         from executorch.runtime import Runtime, Verification
 
         self.device = torch.device("cpu")
         try:
-            program = Runtime.get().load_program(artifact.path, verification=Verification.Minimal)
-            self._prefill = program.load_method("prefill")
-            self._decode = program.load_method("decode")
+            with quiet_native_logs(os.environ.get(NATIVE_LOGS_ENV) != "1"):
+                program = Runtime.get().load_program(artifact.path, verification=Verification.Minimal)
+                self._prefill = program.load_method("prefill")
+                self._decode = program.load_method("decode")
         except RuntimeError as e:
             raise ArtifactError(f"executorch cannot load {artifact.path}: {e}") from None
         self._program = program

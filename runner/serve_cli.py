@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 import sys
 from pathlib import Path
@@ -54,13 +55,18 @@ def _uvicorn():
 @click.option("--model-name", default=None, help="The model id of responses and /v1/models [default: the file name "
                                                   "without .pte].")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-def command(model, host, port, api_key, max_queue, cuda_graph, model_name, log_level):
+@click.option("--verbose", is_flag=True, help="Let the native runtime's informational log lines through (stderr).")
+def command(model, host, port, api_key, max_queue, cuda_graph, model_name, log_level, verbose):
     """Serve a gdn-export artifact over an OpenAI-compatible HTTP API."""
     uvicorn = _uvicorn()
     sock = bind(host, port)
     from .api import Runner  # torch is imported here, after the cheap checks
+    from .methods import NATIVE_LOGS_ENV
     from .server import create_app
     from .worker import Worker
+
+    if verbose:
+        os.environ[NATIVE_LOGS_ENV] = "1"
 
     worker = Worker(lambda: Runner.load(model, cuda_graph=cuda_graph), max_queue)
     try:

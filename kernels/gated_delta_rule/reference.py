@@ -53,20 +53,26 @@ def _unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
     same = (idx[:, None] // BLOCK) == (idx[None, :] // BLOCK)
     a_diag = torch.where(same, a, torch.zeros_like(a))
     d = eye.expand_as(a)
-    # fixed step counts (L may be symbolic under torch.export): steps past L match no row
+    # fixed step counts (L may be symbolic under torch.export): steps past L match no row. Rows are selected
+    # by m * new + (1 - m) * old with a 0/1 mask m, exactly the chosen value for finite ones: elementwise ops
+    # XNNPACK runs inside the surrounding partition, where a where() would split it
     for r in range(1, BLOCK):
         # rows with in-block index r: d_i = e_i - sum_j a_ij d_j over the final rows j < i of its block
-        d = torch.where((idx % BLOCK == r)[:, None], eye - a_diag @ d, d)
+        m = (idx % BLOCK == r)[:, None].to(a.dtype)
+        d = m * (eye - torch.bmm(a_diag, d)) + (1 - m) * d
     a_off = a - a_diag
     x = d
     for b in range(1, CHUNK // BLOCK):
         # block row b: X_b = D_b - D_bb sum_{k<b} A_bk X_k, the rows X_k (k < b) being final
-        x = torch.where((idx // BLOCK == b)[:, None], x - d @ (a_off @ x), x)
+        m = (idx // BLOCK == b)[:, None].to(a.dtype)
+        x = m * (x - torch.bmm(d, torch.bmm(a_off, x))) + (1 - m) * x
     return x
 
 
 def _chunk(q, k, v, g, beta, state):
-    """One chunk. q, k [H, L, K]; v [H, L, V]; g, beta [H, L]; state [H, K, V] -> o [H, L, V], new state."""
+    """One chunk. q, k [H, L, K]; v [H, L, V]; g, beta [H, L]; state [H, K, V] -> o [H, L, V], new state.
+    bmm, not @, throughout: the same kernel, but @'s batch broadcasting copies each operand in ExecuTorch's
+    edge dialect."""
     G = g.cumsum(-1)  # [H, L]
     L = q.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
@@ -75,16 +81,16 @@ def _chunk(q, k, v, g, beta, state):
     diff = G.unsqueeze(-1) - G.unsqueeze(-2)
     decay = torch.where(causal, diff, torch.full_like(diff, float("-inf"))).exp()  # [H, L, L]
     k_beta = k * beta.unsqueeze(-1)
-    a = (k_beta @ k.transpose(-1, -2)) * decay
+    a = torch.bmm(k_beta, k.transpose(-1, -2)) * decay
     t_inv = _unit_lower_inverse(torch.where(strictly_lower, a, torch.zeros_like(a)))
-    u = t_inv @ (v * beta.unsqueeze(-1))  # [H, L, V]
-    w = t_inv @ (k_beta * G.exp().unsqueeze(-1))  # [H, L, K]
-    v_new = u - w @ state
-    attn = (q @ k.transpose(-1, -2)) * decay
-    o = (q * G.exp().unsqueeze(-1)) @ state + attn @ v_new
+    u = torch.bmm(t_inv, v * beta.unsqueeze(-1))  # [H, L, V]
+    w = torch.bmm(t_inv, k_beta * G.exp().unsqueeze(-1))  # [H, L, K]
+    v_new = u - torch.bmm(w, state)
+    attn = torch.bmm(q, k.transpose(-1, -2)) * decay
+    o = torch.bmm(q * G.exp().unsqueeze(-1), state) + torch.bmm(attn, v_new)
     g_last = G[:, -1:]  # [H, 1]
     k_decayed = k * (g_last - G).exp().unsqueeze(-1)
-    state = state * g_last.exp().unsqueeze(-1) + k_decayed.transpose(-1, -2) @ v_new
+    state = state * g_last.exp().unsqueeze(-1) + torch.bmm(k_decayed.transpose(-1, -2), v_new)
     return o, state
 
 
@@ -139,7 +145,7 @@ def recurrent_gated_delta_rule(
     kv = (kh.transpose(-1, -2) * s).sum(-2, keepdim=True)  # [Hv, 1, V]: S^T k
     delta = (vh - kv) * beta[0, 0][:, None, None]
     s = s + kh.transpose(-1, -2) * delta
-    o = qh @ s  # [Hv, 1, V]
+    o = torch.bmm(qh, s)  # [Hv, 1, V]
     state.copy_(s.unsqueeze(0))
     return o.transpose(0, 1).unsqueeze(0).to(v.dtype)
 
