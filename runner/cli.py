@@ -131,20 +131,25 @@ def _print_stream(stream, with_text: bool):
     return stream.result
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_command(cmd: click.Command, prog: str, argv: list[str] | None) -> None:
+    """Run a click command as a program: a user error is one line and exit 2, an interrupt exit 130."""
     try:
-        code = command.main(args=argv, prog_name="gdn-run", standalone_mode=False)
+        code = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort:
         code = 130
     except click.ClickException as e:
-        click.echo(f"gdn-run: error: {e.format_message()}", err=True)
+        click.echo(f"{prog}: error: {e.format_message()}", err=True)
         code = 2
     except USER_ERRORS as e:
-        click.echo(f"gdn-run: error: {e}", err=True)
+        click.echo(f"{prog}: error: {e}", err=True)
         code = 2
     except KeyboardInterrupt:
         code = 130
     sys.exit(code or 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_command(command, "gdn-run", argv)
 
 
 if __name__ == "__main__":

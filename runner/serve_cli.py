@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import sys
 from pathlib import Path
 
 import click
 
-from .errors import USER_ERRORS, InputError
+from .cli import run_command
+from .errors import InputError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 BACKLOG = 2048  # uvicorn's default
@@ -93,19 +93,7 @@ def _url_host(host: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = command.main(args=argv, prog_name="gdn-serve", standalone_mode=False)
-    except click.exceptions.Abort:
-        code = 130
-    except click.ClickException as e:
-        click.echo(f"gdn-serve: error: {e.format_message()}", err=True)
-        code = 2
-    except USER_ERRORS as e:
-        click.echo(f"gdn-serve: error: {e}", err=True)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code or 0)
+    run_command(command, "gdn-serve", argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from torch.nn.attention.bias import causal_lower_right
 from gdn.kernels.attention import triton_decode, triton_prefill
 from gdn.kernels.attention.triton_decode import DecodeConfig
 from gdn.kernels.attention.triton_prefill import PrefillConfig
-from timing import copy_bandwidth, graphed, kernel_medians, median_us  # scripts/ is on sys.path as a script
+from timing import copy_bandwidth, graphed, kernel_medians, median_us, Table  # scripts/ is on sys.path as a script
 
 H, HKV, D, DTYPE = 8, 2, 256, torch.bfloat16
 CHUNK, PREFIX = 4096, 28672
@@ -50,19 +50,6 @@ PREFILL_SWEEP = [PrefillConfig(128, 32, 8, 2), PrefillConfig(128, 32, 8, 3), Pre
                  PrefillConfig(64, 32, 4, 3)]
 DECODE_SWEEP = [DecodeConfig(64, 4, 3, 132), DecodeConfig(32, 4, 3, 132), DecodeConfig(64, 8, 2, 132),
                 DecodeConfig(64, 4, 2, 264), DecodeConfig(128, 8, 2, 132), DecodeConfig(64, 4, 2, 66)]
-
-
-class Table:
-    """Rows printed as they are measured (a cut-off run still reports what it had), and the numbers for --out."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, object] = {}
-
-    def row(self, what: str, value: str, detail: str = "") -> None:
-        print(f"{what:<46}  {value:>14}  {detail}", flush=True)
-
-    def put(self, key: str, value: object) -> None:
-        self.results[key] = value
 
 
 def causal_flops(T: int, prefix: int) -> float:

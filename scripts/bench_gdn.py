@@ -28,7 +28,7 @@ from gdn.kernels.causal_conv1d import reference as conv_ref
 from gdn.kernels.causal_conv1d import triton_conv
 from gdn.kernels.gated_delta_rule import reference as gdr_ref
 from gdn.kernels.gated_delta_rule import triton_chunk, triton_decode
-from timing import copy_bandwidth, flush_l2, graphed, kernel_medians, median_us  # scripts/ is on sys.path as a script
+from timing import copy_bandwidth, flush_l2, graphed, kernel_medians, median_us, Table  # scripts/ is on sys.path as a script
 
 HK, HV, K, V, W = 16, 32, 128, 128, 4
 C = 2 * HK * K + HV * V
@@ -36,19 +36,6 @@ ROTATE = 48  # decode states per rotation: 48 x 2 MiB = 96 MiB, past the 50 MiB 
 PREFILL_T = (1024, 4096, 8192)
 CONV_T = (1, 1024, 4096, 8192)
 ROTATE_BYTES = 200_000_000  # conv inputs per rotation, past L2
-
-
-class Table:
-    """Rows printed as they are measured (a cut-off run still reports what it had), and the numbers for --json."""
-
-    def __init__(self) -> None:
-        self.results: dict[str, object] = {}
-
-    def row(self, what: str, value: str, detail: str = "") -> None:
-        print(f"{what:<44}  {value:>12}  {detail}", flush=True)
-
-    def put(self, key: str, value: object) -> None:
-        self.results[key] = value
 
 
 def rotated_us(call: Callable[[int], object], n: int, iters: int = 20, inner: int = 5) -> float:
@@ -172,7 +159,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_gdn: needs a CUDA device", file=sys.stderr)
         return 2
-    t = Table()
+    t = Table(44)
     t.row("device", torch.cuda.get_device_name(0), f"torch {torch.__version__}")
     copy_1g = copy_bandwidth()
     t.row("copy 1 GiB (SM copy kernel)", "", f"{copy_1g / 1e9:.0f} GB/s")

@@ -127,3 +127,18 @@ def matmul_rate(n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
     a = torch.randn(n, n, device="cuda", dtype=dtype)
     b = torch.randn(n, n, device="cuda", dtype=dtype)
     return 2 * n**3 / (median_us(lambda: torch.mm(a, b), iters=20) * 1e-6)
+
+
+class Table:
+    """Benchmark rows printed as they are measured (a cut-off run still reports what it had), and the numbers
+    for a JSON file."""
+
+    def __init__(self, width: int = 46) -> None:
+        self.width = width
+        self.results: dict[str, object] = {}
+
+    def row(self, what: str, value: str, detail: str = "") -> None:
+        print(f"{what:<{self.width}}  {value:>14}  {detail}", flush=True)
+
+    def put(self, key: str, value: object) -> None:
+        self.results[key] = value
