@@ -31,8 +31,9 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_
     # bmm, not @: matmul's broadcasting would copy the whole cache (an expand) in the edge dialect
     s = torch.where(visible, torch.bmm(qh, k_cache.to(ct).transpose(1, 2)), float("-inf"))  # [Hkv, G T, S]
     p = torch.softmax(s, dim=-1)
-    stale = (keys > input_pos[-1:])[:, None].expand(S, D)  # [S, D]: entries past the last position in use
-    v = v_cache.to(ct).masked_fill(stale, 0.0)  # [Hkv, S, D]
+    # a select, not a product (0 x NaN is NaN), over a [1, S, 1] mask: cheaper than masked_fill's expanded [S, D]
+    keep = (keys <= input_pos[-1:])[None, :, None]
+    v = torch.where(keep, v_cache.to(ct), torch.zeros((), dtype=ct))  # [Hkv, S, D]
     o = torch.bmm(p, v)  # [Hkv, G T, D]
     return o.reshape(Hkv, G, T, D).permute(2, 0, 1, 3).reshape(T, H, D).to(q.dtype)
 
