@@ -19,36 +19,24 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from gdn.kernels.gemv import triton_gemv, triton_norm_gemv
 from gdn.kernels.qgemv import reference, triton_norm_qgemv, triton_qgemv
 
-import timing  # scripts/ is on sys.path when run as a script
+import bench_gemv  # scripts/ is on sys.path when run as a script
+from bench_gemv import Site
+import timing
 
 DT = torch.bfloat16
 EPS = 1e-6
 ROTATE_BYTES = 512 << 20  # weights cycled per graph: ten times the H100's L2
 
 
-@dataclass(frozen=True)
-class Site:
-    name: str
-    N: int
-    K: int
-    form: str  # "norm" (norm_gemv), or gemv's act
-
-
-SITES = [
-    Site("GDN in_proj", 8224, 2048, "norm"),
-    Site("attention qkv", 5120, 2048, "norm"),
-    Site("MLP gate_up", 12288, 2048, "norm"),
-    Site("GDN out_proj, o_proj", 2048, 2048, "none"),
-    Site("MLP down", 2048, 6144, "silu_mul"),
-    Site("lm_head", 248320, 2048, "norm"),
-]
+# the 2B's decode sites and lm_head: the shapes bench_gemv times in bf16
+SITES = [site for site in bench_gemv.SITES if site.name.startswith(("2B", "lm_head"))]
 
 
 def weights(site: Site, bits: int, group: int) -> dict[str, torch.Tensor]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gdn.kernels.qgemv  # noqa: F401  (registers torch.ops.gdn.qgemv / norm_qgemv)
 from gdn.kernels.qgemv import reference as ref
 from gdn.kernels.qgemv import triton_norm_qgemv, triton_qgemv
 from gdn.kernels.qgemv.triton_qgemv import PDL_MAX_K, QGemvConfig, default_config
+from test_gemv import activation64
 
 interpreted = pytest.mark.interpret
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -36,14 +36,6 @@ def exact(q: torch.Tensor, s: torch.Tensor, bits: int, group: int) -> torch.Tens
     ints = q if bits == 8 else ref.unpack_int4(q)
     N, K = ints.shape
     return (ints.double().reshape(N, K // group, group) * s.double()[..., None]).reshape(N, K)
-
-
-def activation64(x: torch.Tensor, act: str) -> torch.Tensor:
-    x64 = x.double()
-    if act == "silu_mul":
-        gate, up = x64.chunk(2, dim=-1)
-        x64 = F.silu(gate) * up
-    return x64
 
 
 def close_y(y: torch.Tensor, a64: torch.Tensor, w64: torch.Tensor, dtype) -> None:
