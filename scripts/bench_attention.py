@@ -11,7 +11,9 @@ Qwen3.5-2B's attention: H 8, Hkv 2, D 256, bf16. Times are medians of CUDA-graph
 - decode: the decode op (its split kernel, which also writes the new token, and the combine kernel) captured once
   and replayed at positions 1k, 8k, 32k, 128k and 256k (the last position) of a 262,144-position cache, L2
   flushed before each replay: GB/s of KV read (positions in use x Hkv x D x 2 tensors x 2 bytes) against the
-  SM copy bandwidth of 1 GiB, and the profiler's per-kernel medians.
+  SM copy bandwidth of 1 GiB, and the profiler's per-kernel medians. "alone": one call per replay (the graph's
+  start in the time); "chained": the 2B's 6 attention layers' calls, each over its own cache, back to back in
+  one graph as a decode step runs them, time per call.
 - --configs: the same measurements for a few other tile configurations of each kernel (the ops ship one per
   shape class; this is how to pick it).
 - --registers (no GPU needed): each configuration's kernel compiled for sm_90 by Triton, its registers per thread,
@@ -46,10 +48,13 @@ H, HKV, D, DTYPE = 8, 2, 256, torch.bfloat16
 CHUNK, PREFIX = 4096, 28672
 DECODE_S = 262144
 DECODE_IN_USE = (1024, 8192, 32768, 131072, DECODE_S)  # positions in use: the query at position n - 1
+LAYERS = 6  # the 2B's attention layers: "chained" replays the op over 6 caches in one graph
 PREFILL_SWEEP = [PrefillConfig(128, 32, 8, 2), PrefillConfig(128, 32, 8, 3), PrefillConfig(64, 64, 4, 2),
                  PrefillConfig(64, 32, 4, 3)]
-DECODE_SWEEP = [DecodeConfig(64, 4, 3, 132), DecodeConfig(32, 4, 3, 132), DecodeConfig(64, 8, 2, 132),
-                DecodeConfig(64, 4, 2, 264), DecodeConfig(128, 8, 2, 132), DecodeConfig(64, 4, 2, 66)]
+DECODE_SWEEP = [DecodeConfig(64, 4, 2, 132, "off"), DecodeConfig(64, 4, 3, 132), DecodeConfig(64, 4, 4, 132),
+                DecodeConfig(32, 4, 3, 132), DecodeConfig(64, 8, 2, 132), DecodeConfig(64, 4, 2, 264),
+                DecodeConfig(64, 4, 3, 264), DecodeConfig(32, 4, 2, 264), DecodeConfig(32, 4, 3, 396),
+                DecodeConfig(64, 4, 2, 396), DecodeConfig(128, 8, 2, 132), DecodeConfig(64, 4, 2, 66)]
 
 
 def causal_flops(T: int, prefix: int) -> float:
@@ -147,26 +152,54 @@ def decode_us(cfg: DecodeConfig, x: dict[str, torch.Tensor]) -> dict[int, float]
     return times
 
 
+def chained_decode_us(cfg: DecodeConfig, xs: list[dict[str, torch.Tensor]]) -> dict[int, float]:
+    """One graph of the op over each layer's cache in turn (each call's q the last one's output), as a decode
+    step runs its attention layers, replayed at each position: positions in use -> us per call."""
+    pos = xs[0]["pos"]
+
+    def step(_: int) -> torch.Tensor:
+        o = xs[0]["q"]
+        for x in xs:
+            o = triton_decode.decode_attention(o, x["k"], x["v"], x["k_cache"], x["v_cache"], pos, config=cfg)
+        return o
+
+    replay = graphed(step)
+    times = {}
+    for n in DECODE_IN_USE:
+        pos.fill_(n - 1)
+        times[n] = median_us(replay, iters=30, flush=True) / len(xs)
+    return times
+
+
+def decode_rows(t: Table, label: str, cfg: DecodeConfig, times: dict[int, float], copy_1g: float) -> list[dict]:
+    rows = []
+    for n, us in times.items():
+        kv = n * HKV * D * 2 * 2
+        gbs = kv / us / 1e3
+        pct = 100 * gbs * 1e9 / copy_1g
+        rows.append({"positions": n, "us": us, "kv_bytes": kv, "gbs": gbs, "pct_copy": pct})
+        t.row(f"decode {n} positions ({label})", f"{gbs:.0f} GB/s", f"{us:.2f} us, {pct:.1f} % of copy; {cfg}")
+    return rows
+
+
 def bench_decode(t: Table, copy_1g: float, sweep: bool) -> None:
     d = dict(device="cuda", dtype=DTYPE)
-    x = {"q": torch.randn(1, H, D, **d), "k": torch.randn(1, HKV, D, **d), "v": torch.randn(1, HKV, D, **d),
-         "k_cache": torch.randn(HKV, DECODE_S, D, **d), "v_cache": torch.randn(HKV, DECODE_S, D, **d),
-         "pos": torch.zeros(1, dtype=torch.int64, device="cuda")}
+    pos = torch.zeros(1, dtype=torch.int64, device="cuda")
+    layers = [{"q": torch.randn(1, H, D, **d), "k": torch.randn(1, HKV, D, **d), "v": torch.randn(1, HKV, D, **d),
+               "k_cache": torch.randn(HKV, DECODE_S, D, **d), "v_cache": torch.randn(HKV, DECODE_S, D, **d),
+               "pos": pos} for _ in range(LAYERS)]
+    x = layers[0]
     shipped = triton_decode.decode_config(D, DTYPE)
-    res: dict[str, object] = {"S": DECODE_S, "configs": []}
+    res: dict[str, object] = {"S": DECODE_S, "layers": LAYERS, "configs": []}
     for cfg in [shipped] + (DECODE_SWEEP if sweep else []):
         label = "shipped" if cfg == shipped else "config"
-        rows = []
-        for n, us in decode_us(cfg, x).items():
-            kv = n * HKV * D * 2 * 2
-            gbs = kv / us / 1e3
-            pct = 100 * gbs * 1e9 / copy_1g
-            rows.append({"positions": n, "us": us, "kv_bytes": kv, "gbs": gbs, "pct_copy": pct})
-            t.row(f"decode {n} positions ({label})", f"{gbs:.0f} GB/s", f"{us:.2f} us, {pct:.1f} % of copy; {cfg}")
+        rows = decode_rows(t, f"{label}, alone", cfg, decode_us(cfg, x), copy_1g)
+        chained = decode_rows(t, f"{label}, chained", cfg, chained_decode_us(cfg, layers), copy_1g)
+        entry = {"config": asdict(cfg), "rows": rows, "chained_rows": chained}
         if cfg == shipped:
-            res.update(config=asdict(cfg), rows=rows)
+            res.update(entry)
         else:
-            res["configs"].append({"config": asdict(cfg), "rows": rows})
+            res["configs"].append(entry)
     for n in (32768, DECODE_S):
         x["pos"].fill_(n - 1)
         t.row(f"decode {n} positions: kernels (us)", "", kernels_line(
@@ -212,7 +245,7 @@ def registers(t: Table) -> None:
             t.row(f"prefill G {G} sm_90", "", f"{used}; {cfg}")
         for cfg in [triton_decode.decode_config(D, DTYPE)] + DECODE_SWEEP:
             nsplit = triton_decode.num_splits(DECODE_S, HKV, cfg)
-            const = {**base, "G": G, "BG": 16, "BN": cfg.block_n, "NSPLIT": nsplit}
+            const = {**base, "G": G, "BG": 16, "BN": cfg.block_n, "NSPLIT": nsplit, "GDC": cfg.pdl != "off"}
             used = sm90_resources(triton_decode._split_kernel, dec, const, cfg.warps, cfg.stages)
             t.row(f"decode G {G} sm_90", "", f"{used}; {cfg}")
 

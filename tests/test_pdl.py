@@ -13,6 +13,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 
 from gdn.kernels import pdl  # noqa: F401  (installs the analysis of GDC kernels)
+from gdn.kernels.attention import triton_decode as A
 from gdn.kernels.gemv.triton_gemv import _gemv_kernel
 from gdn.kernels.gemv.triton_norm_gemv import _norm_gemv_kernel
 from gdn.kernels.moe import decode as D
@@ -70,8 +71,27 @@ def down_case():
     return D.decode_down_kernel, args, ["out_ptr"]
 
 
+def attention_split_case():
+    G, D, NS = 4, 64, 8
+    args = dict(q_ptr=t(1, 2 * G, D), k_ptr=t(1, 2, D), v_ptr=t(1, 2, D), kc_ptr=t(2, S, D), vc_ptr=t(2, S, D),
+                pos_ptr=t(1, dtype=torch.int64), m_ptr=t(2 * G, NS, dtype=torch.float32),
+                l_ptr=t(2 * G, NS, dtype=torch.float32), acc_ptr=t(2 * G, NS, D, dtype=torch.float32), S=S,
+                s_qh=D, s_kh=D, s_vh=D, s_ch=S * D, QK_SCALE=0.1, G=G, D=D, BD=D, BG=16, BN=16, NSPLIT=NS,
+                UPCAST=False)
+    return A._split_kernel, args, ["kc_ptr", "vc_ptr", "m_ptr", "l_ptr", "acc_ptr"]
+
+
+def attention_combine_case():
+    G, D, NS = 4, 64, 8
+    args = dict(m_ptr=t(2 * G, NS, dtype=torch.float32), l_ptr=t(2 * G, NS, dtype=torch.float32),
+                acc_ptr=t(2 * G, NS, D, dtype=torch.float32), o_ptr=t(1, 2 * G, D), pos_ptr=t(1, dtype=torch.int64),
+                S=S, s_oh=D, D=D, BDC=D, BS=NS, BN=16, NSPLIT=NS)
+    return A._combine_kernel, args, ["o_ptr"]
+
+
 CASES = {"gemv": gemv_case, "norm_gemv": lambda: norm_gemv_case(True),
          "norm_gemv-no_delta": lambda: norm_gemv_case(False),
+         "attention-split": attention_split_case, "attention-combine": attention_combine_case,
          "moe-route": route_case, "moe-gate_up": gate_up_case, "moe-down": down_case}
 
 

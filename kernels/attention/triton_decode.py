@@ -7,6 +7,8 @@
    from it (its k, v from the inputs) and writes it to the cache at pos, a position no program reads in this call.
 2. `_combine_kernel`, grid (H, D / BDC): merges the partials of the ranges in use into out.
 Work and reads grow with pos, not S; NSPLIT is static (from S and Hkv), so the grid is the same at every position.
+With `pdl` "on" (kernels/pdl.py) both kernels release their dependents at once and wait for the grid dependency
+before their first read, so the combine's programs are resident when the split kernel's last program ends.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ..launch import INTERPRETED, dense, launcher
+from ..pdl import grid_release, grid_wait, pdl_args
 from .triton_prefill import check_kernel_args
 from .triton_softmax import LOG2E, load_kv, update
 
@@ -30,6 +33,7 @@ class DecodeConfig:
     warps: int
     stages: int
     programs: int  # target programs over all KV heads (NSPLIT = programs / Hkv)
+    pdl: str = "on"  # programmatic dependent launch (kernels/pdl.py): "on", "serial" or "off"
 
 
 def decode_config(D: int, dtype: torch.dtype) -> DecodeConfig:
@@ -59,8 +63,10 @@ def _span(pos, NSPLIT: tl.constexpr, BN: tl.constexpr):
 def _split_kernel(
     q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, S, s_qh, s_kh, s_vh, s_ch,
     QK_SCALE: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BG: tl.constexpr, BN: tl.constexpr,
-    NSPLIT: tl.constexpr, UPCAST: tl.constexpr,
+    NSPLIT: tl.constexpr, UPCAST: tl.constexpr, GDC: tl.constexpr,
 ):
+    grid_release(GDC)
+    grid_wait(GDC)  # q, k, v, the position and the partials (read by the last call's combine) come from before
     hk = tl.program_id(0)
     j = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int32)
@@ -102,7 +108,10 @@ def _split_kernel(
 def _combine_kernel(
     m_ptr, l_ptr, acc_ptr, o_ptr, pos_ptr, S, s_oh,
     D: tl.constexpr, BDC: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, NSPLIT: tl.constexpr,
+    GDC: tl.constexpr,
 ):
+    grid_release(GDC)
+    grid_wait(GDC)  # the partials are the split kernel's output
     h = tl.program_id(0)
     cd = tl.program_id(1) * BDC + tl.arange(0, BDC)
     in_cache = tl.minimum(tl.load(pos_ptr).to(tl.int32), S)
@@ -131,17 +140,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
     m = torch.empty((H, nsplit), dtype=torch.float32, device=q.device)
     l = torch.empty((H, nsplit), dtype=torch.float32, device=q.device)
     acc = torch.empty((H, nsplit, D), dtype=torch.float32, device=q.device)
+    pdl = pdl_args(config.pdl, q)
+    pdl.pop("PDL")  # one form: GDC alone gates the grid steps
     launcher(_split_kernel)[(Hkv, nsplit)](
         q, k, v, k_cache, v_cache, input_pos, m, l, acc, S,
         q.stride(1), k.stride(1), v.stride(1), k_cache.stride(0),
         QK_SCALE=D**-0.5 * LOG2E, G=G, D=D, BD=BD, BG=max(16, triton.next_power_of_2(G)), BN=config.block_n,
-        NSPLIT=nsplit, UPCAST=INTERPRETED, num_warps=config.warps, num_stages=config.stages,
+        NSPLIT=nsplit, UPCAST=INTERPRETED, num_warps=config.warps, num_stages=config.stages, **pdl,
     )
     BS = triton.next_power_of_2(nsplit)
     BDC = min(BD, max(16, COMBINE_ELEMENTS // BS))
     launcher(_combine_kernel)[(H, triton.cdiv(D, BDC))](
         m, l, acc, out, input_pos, S, out.stride(1),
-        D=D, BDC=BDC, BS=BS, BN=config.block_n, NSPLIT=nsplit, num_warps=4,
+        D=D, BDC=BDC, BS=BS, BN=config.block_n, NSPLIT=nsplit, num_warps=4, **pdl,
     )
     return out
 
