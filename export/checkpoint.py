@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from .config import ModelConfig, load_config
 from .model import GDNForCausalLM, Rotary
+from .quant import QuantScheme, quant_target
 
 # checkpoint key prefixes that belong to parts we do not run (vision tower, multi-token prediction)
 IGNORED_PREFIXES = ("model.visual.", "visual.", "mtp.", "model.mtp.")
@@ -240,30 +241,39 @@ def load_model(
     state_dtype: torch.dtype = torch.float32,
     kernels: str = "reference",
     device: str | torch.device = "cpu",
+    quant: QuantScheme | None = None,
 ) -> GDNForCausalLM:
-    """Build the model for `checkpoint` (a directory with config.json and safetensors) and load its weights."""
+    """Build the model for `checkpoint` (a directory with config.json and safetensors) and load its weights;
+    with `quant`, each projection is quantized as soon as it is complete (no float copy of the model exists)."""
     path = Path(checkpoint)
     cfg = load_config(path)
     files = SafetensorsDir(path)
     try:
         with torch.device("meta"):
-            model = GDNForCausalLM(cfg, max_seq_len, dtype, state_dtype, kernels)
+            model = GDNForCausalLM(cfg, max_seq_len, dtype, state_dtype, kernels, quant)
         _fill_parameters(model, files, recipes(cfg, files.keys()), dtype, torch.device(device))
     finally:
         files.close()
     _materialize_buffers(model, cfg, torch.device(device))
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
+    model.tie_weights()
     return model.eval().requires_grad_(False)
+
+
+def _check_mapped(model: nn.Module, plan: dict[str, list[Piece]]) -> None:
+    filled = set()
+    for name in plan:
+        target = quant_target(model, name)
+        filled |= {name} if target is None else {p for p, t in model.named_parameters() if t is target.qweight
+                                                  or t is target.scales}
+    for name, _ in model.named_parameters():
+        if name not in filled:
+            raise CheckpointError(f"no checkpoint tensor is mapped to parameter {name!r}")
 
 
 def _fill_parameters(model: nn.Module, files: SafetensorsDir, plan: dict[str, list[Piece]], dtype, device) -> None:
     keys = files.keys()
     used = set()
-    params = dict(model.named_parameters())
-    for name in params:
-        if name not in plan:
-            raise CheckpointError(f"no checkpoint tensor is mapped to parameter {name!r}")
+    _check_mapped(model, plan)
     for name, pieces in plan.items():
         for piece in pieces:
             if piece.key not in keys:
@@ -271,11 +281,17 @@ def _fill_parameters(model: nn.Module, files: SafetensorsDir, plan: dict[str, li
             got = files.shape(piece.key)
             if got != piece.shape:
                 raise CheckpointError(f"tensor {piece.key!r} has shape {list(got)}, expected {list(piece.shape)}")
-        out = torch.empty(params[name].shape, dtype=dtype, device=device)
+        target = quant_target(model, name)
+        shape = target.shape if target is not None else model.get_parameter(name).shape
+        out = torch.empty(shape, dtype=dtype, device=device)
         for piece in pieces:
             piece.write(out, files.get(piece.key))
             used.add(piece.key)
-        _set(model, name, nn.Parameter(out, requires_grad=False))
+        if target is None:
+            _set(model, name, nn.Parameter(out, requires_grad=False))
+        else:  # complete: quantize it now, and let the float copy go
+            target.load(out)
+        del out
     leftover = sorted(k for k in keys - used if not k.startswith(IGNORED_PREFIXES))
     if model.cfg.tie_word_embeddings:
         leftover = [k for k in leftover if k != "lm_head.weight"]

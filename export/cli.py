@@ -39,15 +39,20 @@ def _quiet_libraries() -> None:
               help="CUDA kernels: ops (our Triton ops; what auto picks) or reference (plain ATen, prefill chunk <= 64).")
 @click.option("--autotune", type=click.Choice(["decode", "all", "none"]), default="decode", show_default=True,
               help="CUDA: the methods whose GEMMs AOTInductor autotunes (faster kernels, longer export).")
+@click.option("--quant", default="none", show_default=True,
+              help="Weight-only quantization: none, int8 or int4 (group-wise, symmetric; implies --dtype bf16).")
+@click.option("--group-size", type=int, default=None,
+              help="Input columns per quantization scale (default: 64 for int8, 32 for int4); must divide every weight's input dimension.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--verbose", "-v", is_flag=True, help="Show library logs and details.")
-def main(output, checkpoint, backend, dtype, state_dtype, max_seq_len, max_prefill_chunk, kernels, autotune, quiet, verbose):
+def main(output, checkpoint, backend, dtype, state_dtype, max_seq_len, max_prefill_chunk, kernels, autotune, quant,
+         group_size, quiet, verbose):
     """Export a Gated-DeltaNet checkpoint to OUTPUT (.pte, plus a .ptd beside it for CUDA)."""
     if not verbose:
         _quiet_libraries()
     opts = ExportOptions(output=output, checkpoint=checkpoint or DEFAULT_CHECKPOINT, backend=backend, dtype=dtype,
                          state_dtype=state_dtype, max_seq_len=max_seq_len, max_prefill_chunk=max_prefill_chunk,
-                         kernels=kernels, autotune=autotune)
+                         kernels=kernels, autotune=autotune, quant=quant, group_size=group_size)
     progress = Progress(quiet=quiet, verbose=verbose)
     try:
         result = run_export(opts, progress)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .metadata import TokenizerFilesError
+from .quant import QuantError
 
 
 class ExportError(Exception):
     """A one-line, user-facing reason the export cannot be done."""
 
 
-USER_ERRORS = (ExportError, ConfigError, CheckpointError, TokenizerFilesError)
+USER_ERRORS = (ExportError, ConfigError, CheckpointError, TokenizerFilesError, QuantError)

@@ -40,7 +40,8 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     # weights re-laid out by the CPU kernels (a permute, a concat) fold into constants XNNPACK packs once
-    programs = {name: constant_prop_pass(drop_noop_casts(ep)) for name, ep in programs.items()}
+    programs = {name: constant_prop_pass(portable_bit_ops(drop_noop_casts(ep)), custom_skip_targets=_fold_skips(ep))
+                for name, ep in programs.items()}
     edge = to_edge_transform_and_lower(
         programs,
         partitioner=[XnnpackPartitioner()],
@@ -55,6 +56,32 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
 
 
 NOOP_CAST_TARGETS = (torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout)
+# the first ops of kernels/qgemv/reference.py's dequantize (int4: the nibble masks; int8: the cast to float)
+DEQUANT_ENTRY_TARGETS = (torch.ops.aten.bitwise_and.Scalar, torch.ops.aten.bitwise_right_shift.Tensor_Scalar,
+                         torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default)
+# `p & 15` and `p >> 4` trace to the Python operators' overloads, which the portable kernels lack
+BIT_OP_NAMES = {torch.ops.aten.__and__.Scalar: torch.ops.aten.bitwise_and.Scalar,
+                torch.ops.aten.__rshift__.Scalar: torch.ops.aten.bitwise_right_shift.Tensor_Scalar}
+
+
+def portable_bit_ops(ep: ExportedProgram) -> ExportedProgram:
+    """The int4 unpacking's `&` and `>>` as the named bitwise ops the portable kernels implement."""
+    for node in ep.graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in BIT_OP_NAMES:
+            node.target = BIT_OP_NAMES[node.target]
+    ep.graph_module.recompile()
+    return ep
+
+
+def _fold_skips(ep: ExportedProgram) -> set | None:
+    """Quantized weights (`*.qweight`) are dequantized in the program: folded, the artifact would hold them as
+    floats. So constant propagation stops at the dequantisation's first ops (which also leaves casts of other
+    constants to run). None (the pass's default) without quantized weights."""
+    from executorch.exir.passes.constant_prop_pass import get_default_skip_targets_no_quant
+
+    if not any(t.endswith(".qweight") for t in ep.graph_signature.inputs_to_parameters.values()):
+        return None
+    return set(get_default_skip_targets_no_quant()) | set(DEQUANT_ENTRY_TARGETS)
 
 
 def drop_noop_casts(ep: ExportedProgram) -> ExportedProgram:

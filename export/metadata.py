@@ -13,6 +13,7 @@ from gdn.runner.artifact import FORMAT_VERSION, Metadata
 
 from .config import ModelConfig
 from .model import GDNForCausalLM
+from .quant import QuantScheme
 
 # tokens that end a turn in the chat templates of the supported families
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>")
@@ -80,6 +81,7 @@ def build_metadata(
     max_prefill_chunk: int,
     dtype: torch.dtype,
     state_dtype: torch.dtype,
+    quant: QuantScheme | None = None,
 ) -> Metadata:
     eos = list(dict.fromkeys([*cfg.eos_token_ids, *files.extra_eos]))
     stop = list(dict.fromkeys([*eos, *_end_of_turn_ids(files.tokenizer_json)]))
@@ -101,4 +103,5 @@ def build_metadata(
         stop_token_ids=stop,
         chat_template=files.chat_template,
         generation_defaults=files.generation,
+        quant=None if quant is None else quant.to_metadata(model),
     )

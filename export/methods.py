@@ -36,7 +36,7 @@ class DecodeMethod(torch.nn.Module):
 def export_methods(model: GDNForCausalLM, chunk: int, progress: Progress) -> dict[str, ExportedProgram]:
     # example T = 2 (not 1): torch.export specialises a dimension whose example size is 1
     example_t = min(2, chunk)
-    device = model.embed_tokens.weight.device
+    device = model.norm.weight.device
     tokens = torch.zeros(1, example_t, dtype=torch.long, device=device)
     pos = torch.arange(example_t, device=device)
     out = {}

@@ -20,12 +20,18 @@ from gdn.kernels import KERNEL_SETS, REFERENCE, KernelSet
 from gdn.kernels.gemv.reference import rms_norm
 
 from .config import LINEAR, ModelConfig
+from .quant import QuantEmbedding, QuantLinear, QuantScheme, dense_weight, make_linear
 
 
-def project(layer: nn.Linear, x: torch.Tensor, kernels: KernelSet, decode: bool) -> torch.Tensor:
-    """layer(x); one token (decode) through the mat-vec kernel: a GEMM template's grid is too small for
-    one row at these widths (kernels/gemv/DESIGN.md)."""
-    return kernels.gemv(x, layer.weight, "none") if decode else layer(x)
+def project(layer: nn.Module, x: torch.Tensor, kernels: KernelSet, decode: bool, act: str = "none") -> torch.Tensor:
+    """layer(x) (an nn.Linear or a QuantLinear); one token (decode) through the mat-vec kernel, after `act`: a
+    GEMM template's grid is too small for one row at these widths (kernels/gemv/DESIGN.md). More tokens: the
+    layer itself (a QuantLinear dequantizes, then multiplies)."""
+    if not decode:
+        return layer(x)
+    if isinstance(layer, QuantLinear):
+        return kernels.qgemv(x, layer.qweight, layer.scales, layer.bits, layer.group, act)
+    return kernels.gemv(x, layer.weight, act)
 
 
 class RMSNorm(nn.Module):
@@ -40,11 +46,15 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def norm_project(x, delta, norm: RMSNorm, proj: nn.Linear, kernels: KernelSet, decode: bool):
-    """-> (r = x + delta, n = norm(r), proj(n)). One token in one kernel (the set's norm_gemv), which loads its
-    weights while the kernel before it drains and leaves the add and the norm no kernel of their own; more
-    tokens as ATen ops, which Inductor fuses around its GEMM."""
-    y, r, n = (kernels if decode else REFERENCE).norm_gemv(x, delta, norm.weight, norm.eps, proj.weight)
+def norm_project(x, delta, norm: RMSNorm, proj: nn.Module, kernels: KernelSet, decode: bool):
+    """-> (r = x + delta, n = norm(r), proj(n)). One token in one kernel (the set's norm_gemv or norm_qgemv),
+    which loads its weights while the kernel before it drains and leaves the add and the norm no kernel of their
+    own; more tokens as ATen ops (a quantized proj dequantized first), which Inductor fuses around its GEMM."""
+    ks = kernels if decode else REFERENCE
+    if isinstance(proj, QuantLinear):
+        y, r, n = ks.norm_qgemv(x, delta, norm.weight, norm.eps, proj.qweight, proj.scales, proj.bits, proj.group)
+    else:
+        y, r, n = ks.norm_gemv(x, delta, norm.weight, norm.eps, proj.weight)
     return r, n, y
 
 
@@ -57,6 +67,9 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            # a cast keeps x's strides (a slice of the padded chunk), whose contiguity check guards on T
+            x = x.clone(memory_format=torch.contiguous_format)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         out = self.weight * xf.to(x.dtype)
@@ -91,13 +104,14 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Gated full attention with q/k RMSNorm, partial rotary, GQA and a static KV cache."""
 
-    def __init__(self, cfg: ModelConfig, max_seq_len: int, dtype: torch.dtype, kernels: KernelSet):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int, dtype: torch.dtype, kernels: KernelSet,
+                 quant: QuantScheme | None = None):
         super().__init__()
         self.kernels = kernels
         self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         q_out, kv_out = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, 2 * q_out + 2 * kv_out, bias=False)
-        self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias=False)
+        self.qkv_proj = make_linear(cfg.hidden_size, 2 * q_out + 2 * kv_out, quant)
+        self.o_proj = make_linear(q_out, cfg.hidden_size, quant)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         # [Hkv, S, D]: no leading batch dim, so the attention ops take the caches without a view (the edge
@@ -107,7 +121,7 @@ class Attention(nn.Module):
         self.register_buffer("v_cache", torch.zeros(cache, dtype=dtype))
 
     @property
-    def input_proj(self) -> nn.Linear:
+    def input_proj(self) -> nn.Module:
         return self.qkv_proj
 
     def forward(self, qkv, input_pos, cos, sin, decode: bool):
@@ -127,24 +141,25 @@ class Attention(nn.Module):
 class GatedDeltaNet(nn.Module):
     """Linear attention with the gated delta rule, a causal conv over q/k/v and a gated output norm."""
 
-    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, state_dtype: torch.dtype, kernels: KernelSet):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, state_dtype: torch.dtype, kernels: KernelSet,
+                 quant: QuantScheme | None = None):
         super().__init__()
         self.kernels = kernels
         self.hk, self.hv = cfg.linear_num_key_heads, cfg.linear_num_value_heads
         self.dk, self.dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
         self.conv_dim, self.value_dim = cfg.conv_dim, cfg.value_dim
-        self.in_proj = nn.Linear(cfg.hidden_size, self.conv_dim + self.value_dim + 2 * self.hv, bias=False)
+        self.in_proj = make_linear(cfg.hidden_size, self.conv_dim + self.value_dim + 2 * self.hv, quant)
         self.conv_weight = nn.Parameter(torch.zeros(self.conv_dim, cfg.linear_conv_kernel_dim))
         self.dt_bias = nn.Parameter(torch.ones(self.hv))
         self.A_log = nn.Parameter(torch.zeros(self.hv))
         self.norm = GatedRMSNorm(self.dv, cfg.rms_norm_eps)
-        self.out_proj = nn.Linear(self.value_dim, cfg.hidden_size, bias=False)
+        self.out_proj = make_linear(self.value_dim, cfg.hidden_size, quant)
         conv_state = (1, cfg.linear_conv_kernel_dim - 1, self.conv_dim)
         self.register_buffer("conv_state", torch.zeros(conv_state, dtype=dtype))
         self.register_buffer("recurrent_state", torch.zeros(1, self.hv, self.dk, self.dv, dtype=state_dtype))
 
     @property
-    def input_proj(self) -> nn.Linear:
+    def input_proj(self) -> nn.Module:
         return self.in_proj
 
     def forward(self, projected, reset, decode: bool):
@@ -170,49 +185,53 @@ class GatedDeltaNet(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int, inter: int, kernels: KernelSet):
+    def __init__(self, hidden: int, inter: int, kernels: KernelSet, quant: QuantScheme | None = None):
         super().__init__()
         self.inter, self.kernels = inter, kernels
-        self.gate_up_proj = nn.Linear(hidden, 2 * inter, bias=False)
-        self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self.gate_up_proj = make_linear(hidden, 2 * inter, quant)
+        self.down_proj = make_linear(inter, hidden, quant)
 
     @property
-    def input_proj(self) -> nn.Linear:
+    def input_proj(self) -> nn.Module:
         return self.gate_up_proj
 
     def forward(self, gate_up, decode: bool):
         """gate_up [T, 2I]: the normed input's `gate_up_proj` (the decoder layer computes it)."""
         if decode:
-            return self.kernels.gemv(gate_up, self.down_proj.weight, "silu_mul")
+            return project(self.down_proj, gate_up, self.kernels, True, "silu_mul")
         gate, up = gate_up.split([self.inter, self.inter], dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return project(self.down_proj, F.silu(gate) * up, self.kernels, False)
 
 
 class SparseMoE(nn.Module):
     """Top-k routed experts plus a shared expert with a sigmoid gate."""
 
-    def __init__(self, cfg: ModelConfig, kernels: KernelSet):
+    def __init__(self, cfg: ModelConfig, kernels: KernelSet, quant: QuantScheme | None = None):
         super().__init__()
         self.kernels = kernels
         self.n_experts, self.top_k, self.renormalize = cfg.num_experts, cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.shared_inter = cfg.shared_expert_intermediate_size
         H, I = cfg.hidden_size, cfg.moe_intermediate_size
-        self.router_shared = nn.Linear(H, self.n_experts + 2 * self.shared_inter + 1, bias=False)
-        self.gate_up = nn.Parameter(torch.zeros(self.n_experts, 2 * I, H))
-        self.down = nn.Parameter(torch.zeros(self.n_experts, H, I))
-        self.shared_down_proj = nn.Linear(self.shared_inter, H, bias=False)
+        self.router_shared = make_linear(H, self.n_experts + 2 * self.shared_inter + 1, quant)
+        if quant is None:
+            self.gate_up = nn.Parameter(torch.zeros(self.n_experts, 2 * I, H))
+            self.down = nn.Parameter(torch.zeros(self.n_experts, H, I))
+        else:  # stacked like the float experts; each row group-quantized along its input dim
+            self.gate_up = QuantLinear((self.n_experts, 2 * I, H), quant)
+            self.down = QuantLinear((self.n_experts, H, I), quant)
+        self.shared_down_proj = make_linear(self.shared_inter, H, quant)
 
     @property
-    def input_proj(self) -> nn.Linear:
+    def input_proj(self) -> nn.Module:
         return self.router_shared
 
     def forward(self, x, router_shared, decode: bool):
         """x [T, H] normed; router_shared: its `router_shared` projection (the decoder layer computes it)."""
         # one op for router, routed experts and the gated shared expert: at decode the shared expert's
         # silu*up, down projection and gate fuse into the routed down kernel (kernels/moe/DESIGN.md)
-        return self.kernels.moe_shared(
-            x, router_shared, self.gate_up, self.down, self.shared_down_proj.weight, self.top_k, self.renormalize
-        )
+        # quantized experts: the reference dequantizes them all, then runs the float op (no quantized MoE kernel yet)
+        return self.kernels.moe_shared(x, router_shared, dense_weight(self.gate_up), dense_weight(self.down),
+                                       dense_weight(self.shared_down_proj), self.top_k, self.renormalize)
 
 
 class DecoderLayer(nn.Module):
@@ -220,19 +239,20 @@ class DecoderLayer(nn.Module):
     `forward` returns the stream and the pending sublayer output, which the next layer (or the final norm) adds.
     At decode each add, norm and the projection after them are one kernel (gdn::norm_gemv)."""
 
-    def __init__(self, cfg: ModelConfig, i: int, max_seq_len: int, dtype, state_dtype, kernels: KernelSet):
+    def __init__(self, cfg: ModelConfig, i: int, max_seq_len: int, dtype, state_dtype, kernels: KernelSet,
+                 quant: QuantScheme | None = None):
         super().__init__()
         self.kernels = kernels
         self.is_linear = cfg.layer_types[i] == LINEAR
         self.is_moe = bool(cfg.moe_layers[i])
         if self.is_linear:
-            self.linear_attn = GatedDeltaNet(cfg, dtype, state_dtype, kernels)
+            self.linear_attn = GatedDeltaNet(cfg, dtype, state_dtype, kernels, quant)
         else:
-            self.self_attn = Attention(cfg, max_seq_len, dtype, kernels)
+            self.self_attn = Attention(cfg, max_seq_len, dtype, kernels, quant)
         if self.is_moe:
-            self.mlp = SparseMoE(cfg, kernels)
+            self.mlp = SparseMoE(cfg, kernels, quant)
         else:
-            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels)
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, kernels, quant)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -257,19 +277,29 @@ class GDNForCausalLM(nn.Module):
         dtype: torch.dtype = torch.float32,
         state_dtype: torch.dtype = torch.float32,
         kernels: str = "reference",
+        quant: QuantScheme | None = None,
     ):
         super().__init__()
         ks = KERNEL_SETS[kernels]
-        self.cfg, self.max_seq_len, self.kernels = cfg, max_seq_len, kernels
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.cfg, self.max_seq_len, self.kernels, self.quant = cfg, max_seq_len, kernels, quant
+        V, H = cfg.vocab_size, cfg.hidden_size
+        self.embed_tokens = nn.Embedding(V, H) if quant is None else QuantEmbedding((V, H), quant)
         self.rotary = Rotary(cfg)
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg, i, max_seq_len, dtype, state_dtype, ks) for i in range(cfg.num_hidden_layers)
+            DecoderLayer(cfg, i, max_seq_len, dtype, state_dtype, ks, quant) for i in range(cfg.num_hidden_layers)
         )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
+        self.norm = RMSNorm(H, cfg.rms_norm_eps)
+        self.lm_head = make_linear(H, V, quant)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """A tied lm_head reads the embedding table: the same parameter, or quantized, the same module."""
+        if not self.cfg.tie_word_embeddings:
+            return
+        if self.quant is None:
             self.lm_head.weight = self.embed_tokens.weight
+        else:
+            self.lm_head = self.embed_tokens
 
     @property
     def kernel_set(self) -> KernelSet:
@@ -291,9 +321,7 @@ class GDNForCausalLM(nn.Module):
         for layer in self.layers:
             x, delta = layer(x, delta, input_pos, reset, cos, sin, decode)
         # one row in both methods (the last position): the last add, the norm and lm_head in one mat-vec kernel
-        logits, _, _ = self.kernel_set.norm_gemv(
-            x[-1:], delta[-1:], self.norm.weight, self.norm.eps, self.lm_head.weight
-        )
+        _, _, logits = norm_project(x[-1:], delta[-1:], self.norm, self.lm_head, self.kernel_set, decode=True)
         return logits
 
     def state_buffers(self) -> dict[str, torch.Tensor]:

@@ -22,7 +22,9 @@ from .errors import ExportError
 from .lower import lower_cpu, lower_cuda
 from .metadata import build_metadata, read_tokenizer_files
 from .methods import export_methods
+from .model import GDNForCausalLM
 from .progress import Progress
+from .quant import QuantScheme, check_divides, parse_scheme
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "default_model"
 # the reference chunked gated delta rule traces to plain ATen for one chunk of at most 64 tokens
@@ -45,6 +47,8 @@ class ExportOptions:
     max_prefill_chunk: int | None = None
     kernels: str = "auto"  # auto | ops | reference
     autotune: str = "decode"  # CUDA: methods whose GEMMs AOTInductor autotunes: all | decode | none
+    quant: str = "none"  # none | int8 | int4: weight-only, group-wise (export/quant.py)
+    group_size: int | None = None  # None: quant.DEFAULT_GROUP[bits]
 
 
 @dataclass
@@ -128,6 +132,23 @@ class Plan:
     state_dtype: torch.dtype
     max_seq_len: int
     max_prefill_chunk: int
+    quant: QuantScheme | None = None
+
+
+def resolve_quant(opts: ExportOptions, cfg: ModelConfig, kernels: str) -> QuantScheme | None:
+    """The scheme, checked against the dtype, the kernels and every weight's input dimension (on a meta model)."""
+    scheme = parse_scheme(opts.quant, opts.group_size)
+    if scheme is None:
+        return None
+    if opts.dtype == "fp32":
+        raise ExportError(f"--quant {opts.quant} cannot be combined with --dtype fp32: quantized weights keep "
+                          f"bf16 scales and run bf16 activations (use --dtype bf16, the default with --quant)")
+    if kernels == "ops" and any(cfg.moe_layers):
+        raise ExportError(f"--quant {opts.quant} of a MoE checkpoint ({cfg.family}) has no CUDA kernels for "
+                          f"quantized experts yet; use --kernels reference or --backend cpu")
+    with torch.device("meta"):
+        check_divides(GDNForCausalLM(cfg, 2, kernels=kernels, quant=scheme), scheme)
+    return scheme
 
 
 def plan(opts: ExportOptions) -> Plan:
@@ -140,7 +161,9 @@ def plan(opts: ExportOptions) -> Plan:
     SafetensorsDir(ckpt).close()  # the weight files exist and open, before any stage starts
     backend = resolve_backend(opts.backend)
     kernels = choose_kernels(backend, opts.kernels)
-    dtype = _dtype(opts.dtype, torch.bfloat16 if backend == "cuda" else torch.float32, "--dtype")
+    quant = resolve_quant(opts, cfg, kernels)
+    default_dtype = torch.bfloat16 if backend == "cuda" or quant is not None else torch.float32
+    dtype = _dtype(opts.dtype, default_dtype, "--dtype")
     state_default = DTYPES.get(cfg.ssm_state_dtype or "float32", torch.float32)
     state_dtype = _dtype(opts.state_dtype, state_default, "--state-dtype")
     max_seq_len = resolve_max_seq_len(cfg, opts.max_seq_len, kernels, dtype, ckpt)
@@ -151,7 +174,7 @@ def plan(opts: ExportOptions) -> Plan:
         raise ExportError(f"--max-prefill-chunk must be at least 1, got {opts.max_prefill_chunk}")
     if opts.max_prefill_chunk is not None and opts.max_prefill_chunk > bound:
         raise ExportError(f"--max-prefill-chunk {opts.max_prefill_chunk} exceeds {bound}, the bound of the {kernels} kernels")
-    return Plan(cfg, backend, kernels, dtype, state_dtype, max_seq_len, chunk)
+    return Plan(cfg, backend, kernels, dtype, state_dtype, max_seq_len, chunk, quant)
 
 
 def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportResult:
@@ -164,17 +187,18 @@ def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportR
     if not os.access(output.parent, os.W_OK):
         raise ExportError(f"output folder {output.parent} is not writable")
     p = plan(opts)
+    weights = "" if p.quant is None else f", weights {p.quant.name} group {p.quant.group}"
     progress.info(f"{p.cfg.family}: {p.cfg.num_hidden_layers} layers, backend {p.backend}, kernels {p.kernels}, "
-                  f"dtype {str(p.dtype)[6:]}, max_seq_len {p.max_seq_len}, prefill chunk {p.max_prefill_chunk}")
+                  f"dtype {str(p.dtype)[6:]}{weights}, max_seq_len {p.max_seq_len}, prefill chunk {p.max_prefill_chunk}")
     files = read_tokenizer_files(Path(opts.checkpoint))
     if files.tokenizer_json is None:
         progress.info("no tokenizer.json in the checkpoint: the artifact takes token ids")
     with progress.stage("load weights"):
         # the Triton ops are traced for the GPU they compile for; the reference kernels trace on the CPU
         device = "cuda" if p.kernels == "ops" else "cpu"
-        model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, device)
+        model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, device, p.quant)
     check_space(output.parent, int(weights_bytes(model) * 1.1) + (1 << 20))
-    meta = build_metadata(p.cfg, model, files, p.backend, p.max_prefill_chunk, p.dtype, p.state_dtype)
+    meta = build_metadata(p.cfg, model, files, p.backend, p.max_prefill_chunk, p.dtype, p.state_dtype, p.quant)
     named = {METADATA_KEY: meta.to_json().encode("utf-8")}
     if files.tokenizer_json is not None:
         named[TOKENIZER_KEY] = files.tokenizer_json.encode("utf-8")

@@ -23,6 +23,8 @@ from .gemv import op as _gemv_op
 from .gemv import reference as _gemv_ref
 from .moe import cpu as _moe_cpu
 from .moe import op as _moe_op
+from .qgemv import op as _qgemv_op
+from .qgemv import reference as _qgemv_ref
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class KernelSet:
     moe_shared: Callable
     gemv: Callable
     norm_gemv: Callable
+    qgemv: Callable
+    norm_qgemv: Callable
     prefill_attention: Callable
     decode_attention: Callable
 
@@ -46,6 +50,8 @@ REFERENCE = KernelSet(
     _moe_cpu.moe_shared,
     _gemv_ref.gemv,
     _gemv_ref.norm_gemv,
+    _qgemv_ref.gemv,
+    _qgemv_ref.norm_gemv,
     _attn_ref.prefill_attention,
     _attn_cpu.decode_attention,
 )
@@ -57,6 +63,8 @@ OPS = KernelSet(
     _moe_op.moe_shared,
     _gemv_op.gemv,
     _gemv_op.norm_gemv,
+    _qgemv_op.qgemv,
+    _qgemv_op.norm_qgemv,
     _attn_op.prefill_attention,
     _attn_op.decode_attention,
 )

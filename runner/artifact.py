@@ -18,6 +18,7 @@ METADATA_KEY = "gdn.metadata"
 TOKENIZER_KEY = "gdn.tokenizer"
 METHODS = ("prefill", "decode")
 BACKENDS = ("cuda", "cpu")
+OPTIONAL_FIELDS = ("quant",)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Metadata:
     stop_token_ids: list[int]
     chat_template: str | None
     generation_defaults: dict
+    # weight-only quantization: {"scheme", "bits", "group_size", "symmetric", "scale_dtype", "quantized"};
+    # None for float weights (and artifacts written before the field existed)
+    quant: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, sort_keys=True)
@@ -52,12 +56,21 @@ class Metadata:
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
             raise ArtifactError(f"{where}: unknown artifact format version {version!r}; this runner reads version {FORMAT_VERSION}")
-        missing = [f.name for f in fields(cls) if f.name not in raw]
+        missing = [f.name for f in fields(cls) if f.name not in raw and f.name not in OPTIONAL_FIELDS]
         if missing:
             raise ArtifactError(f"{where}: metadata lacks {missing}")
         if raw["backend"] not in BACKENDS:
             raise ArtifactError(f"{where}: unknown backend {raw['backend']!r}; expected one of {list(BACKENDS)}")
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        if raw.get("quant") is not None and not isinstance(raw["quant"], dict):
+            raise ArtifactError(f"{where}: metadata quant must be an object or null, got {raw['quant']!r}")
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+    def weights_label(self) -> str:
+        """'bfloat16', or 'int4 (group 64, bfloat16 scales)' for a quantized artifact."""
+        q = self.quant
+        if not q:
+            return self.dtype
+        return f"{q.get('scheme')} (group {q.get('group_size')}, {q.get('scale_dtype')} scales)"
 
 
 def data_path_for(pte: Path) -> Path:

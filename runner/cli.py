@@ -61,6 +61,7 @@ def _stats_line(result, runner, ready_s: float | None) -> str:
         f" | time to first token {t.prefill_s * 1e3:.1f} ms | decode {t.generated_tokens} tokens,"
         f" {t.decode_tokens_per_s:.1f} tok/s | decode path {result.decode_path} (eager calls"
         f" {g.get('eager_calls', 0)}, captures {g.get('captures', 0)}, replays {g.get('replays', 0)})"
+        f" | weights {runner.meta.weights_label()}"
     )
 
 
@@ -109,7 +110,8 @@ def command(model, prompt, prompt_file, prompt_ids, max_new_tokens, temperature,
         click.echo(f"gdn-run: notice: stopped because the context is full (max_seq_len {runner.max_seq_len})",
                    err=True)
     if as_json:
-        out = {"model": str(model), "load_s": runner.load_s, "ready_s": ready_s, **result.as_dict()}
+        out = {"model": str(model), "load_s": runner.load_s, "ready_s": ready_s, "quant": runner.meta.quant,
+               **result.as_dict()}
         click.echo(json.dumps(out))  # ASCII-safe on any terminal encoding
     if stats:
         click.echo(_stats_line(result, runner, ready_s), err=True)

@@ -107,3 +107,31 @@ def test_out_of_disk_leaves_nothing(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "REFUSED out of disk space writing" in run.stdout, run.stdout + run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--quant", "int3"], ["'int3'", "none, int8, int4"]),
+    (["--quant", "int4", "--group-size", "128"], ["128", "192", "input dimension", "weight 'embed_tokens'"]),
+    (["--quant", "int8", "--dtype", "fp32"], ["--quant int8", "--dtype fp32"]),
+    (["--quant", "int4", "--group-size", "0"], ["--group-size", "0"]),
+    (["--group-size", "64"], ["--group-size 64", "--quant"]),
+])
+def test_bad_quantization_options(tmp_path, flags, words):
+    """Refused in the plan, before any stage: the bundled model's input dims are all 192."""
+    run = gdn_export(str(tmp_path / "m.pte"), "--backend", "cpu", *flags)
+    assert_refused(run, *words)
+    assert "load weights" not in run.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_quantized_moe_has_no_cuda_kernels_yet(tmp_path):
+    """The CUDA ops have no quantized MoE kernels: a MoE checkpoint with --quant and the ops set is refused (the
+    same check gdn-export runs in its plan; called directly, as this machine may have no GPU)."""
+    from gdn.export.config import load_config
+    from gdn.export.errors import ExportError
+    from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, resolve_quant
+
+    cfg = load_config(DEFAULT_CHECKPOINT)
+    opts = ExportOptions(output=tmp_path / "m.pte", quant="int4")
+    with pytest.raises(ExportError, match="MoE checkpoint .* no CUDA kernels for quantized experts"):
+        resolve_quant(opts, cfg, "ops")
+    assert resolve_quant(opts, cfg, "reference").bits == 4

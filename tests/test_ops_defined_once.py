@@ -32,7 +32,7 @@ def test_ops_are_not_redefined_by_a_top_level_kernels_import():
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert "defined: ['gdn::causal_conv1d', 'gdn::chunk_gated_delta_rule', 'gdn::decode_attention', 'gdn::gemv', " \
-           "'gdn::moe_shared', 'gdn::norm_gemv', 'gdn::prefill_attention', 'gdn::recurrent_gated_delta_rule']" \
-           in lines, out.stdout
+           "'gdn::moe_shared', 'gdn::norm_gemv', 'gdn::norm_qgemv', 'gdn::prefill_attention', 'gdn::qgemv', " \
+           "'gdn::recurrent_gated_delta_rule']" in lines, out.stdout
     assert "redefined: []" in lines, out.stdout
     assert any(line.startswith("refused: kernels.") and "import gdn.kernels instead" in line for line in lines), out.stdout
