@@ -6,11 +6,15 @@ Tolerances (against float64 from the same rounded inputs), per tensor:
   within TOL (float32 1e-5, bfloat16 1e-2: y is rounded to bf16). For norm_gemm, a is the n the call returned.
 - r: bit-equal to x + delta rounded to x's dtype (x itself without delta).
 - n: every element within TOL of r / rms(r) * (1 + g) in float64, relative to that value's magnitude.
-Outputs start NaN-filled. CPU cases run the kernels through TRITON_INTERPRET=1 at small odd shapes, every
-configuration `config` can return; `cuda` cases run the prefill shapes of Qwen3.5-2B and Qwen3.5-35B-A3B.
+Outputs start NaN-filled (and the split-K partials, under the interpreter). CPU cases run the kernels through
+TRITON_INTERPRET=1 at small odd shapes: every configuration `config` can return, every candidate part that
+`bench_gemm.py --configs` times, split-K with short and empty slices, and a configuration of four ranges; `cuda`
+cases run the prefill shapes of Qwen3.5-2B and Qwen3.5-35B-A3B.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,7 +26,9 @@ from triton.runtime.driver import driver
 import gdn.kernels.gemm  # noqa: F401  (registers torch.ops.gdn.gemm / norm_gemm)
 from gdn.kernels.gemm import reference as ref
 from gdn.kernels.gemm import triton_gemm, triton_norm
-from gdn.kernels.gemm.triton_gemm import FP32, GemmConfig, config, configs, grids
+from gdn.kernels.gemm.tiles import (FP32, PERSISTENT, SMS, STREAM, GemmConfig, Part, Tiles, candidates, config,
+                                    configs, split_k)
+from gdn.kernels.gemm.triton_gemm import grids
 
 interpreted = pytest.mark.interpret
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -95,17 +101,56 @@ def test_reference_against_float64(M, dt):
         y_matches(y, n, w)
 
 
-@pytest.mark.parametrize("cfg", configs(), ids=lambda c: f"BN{c.wide.block_n}-nBN{c.narrow.block_n}-m{c.narrow_max_m}")
+# four ranges: split-K stream with an empty last slice at K 320, an M loop, two programs an SM, GROUP_M 4
+RANGES = GemmConfig((
+    Part(STREAM, Tiles(64, 32, 64, 4, 2), max_m=16, split_k=4),
+    Part(STREAM, Tiles(32, 64, 32, 4, 2), max_m=64),
+    Part(PERSISTENT, Tiles(64, 64, 32, 4, 2), max_m=200, ctas=2),
+    Part(PERSISTENT, Tiles(128, 128, 64, 8, 3), group_m=4),
+))
+
+
+def active_part(M: int, cfg: GemmConfig) -> int:
+    """The index of the part whose range holds M, by a plain search (what `grids` must agree with)."""
+    return next(i for i, p in enumerate(cfg.parts) if not p.max_m or M <= p.max_m)
+
+
+def cfg_name(c: GemmConfig) -> str:
+    return "+".join(f"{p.kernel[0]}{p.tiles.block_m}x{p.tiles.block_n}k{p.split_k}m{p.max_m}" for p in c.parts)
+
+
+@pytest.mark.parametrize("cfg", configs() + (RANGES,), ids=cfg_name)
 def test_exactly_one_grid_runs(cfg):
-    """For every M one kernel has a non-empty grid: the narrow one up to narrow_max_m, the persistent one above,
-    with at most one program per SM and at most one per tile."""
-    for M in list(range(1, 300)) + [1000, 4096, 65536]:
-        narrow, wide = grids(M, 2048, cfg, 132)
-        tiles = -(-M // cfg.wide.block_m) * -(-2048 // cfg.wide.block_n)
-        if M <= cfg.narrow_max_m:
-            assert (narrow, wide) == (2048 // cfg.narrow.block_n, 0), M
-        else:
-            assert (narrow, wide) == (0, min(132, tiles)), M
+    """For every M exactly one part has non-empty grids, the one whose range holds M: a stream part N / BN x
+    split_k programs (and the split-K sum M / 8 x N / 256), a persistent part at most ctas per SM and one per
+    tile."""
+    N = 2048
+    for M in list(range(1, 600)) + [1000, 4096, 65536]:
+        on = active_part(M, cfg)
+        for i, (part, (grid, reduce)) in enumerate(zip(cfg.parts, grids(M, N, cfg, SMS))):
+            t = part.tiles
+            if i != on:
+                assert grid[0] == 0 and (reduce is None or reduce[0] == 0), (M, i)
+            elif part.kernel == STREAM:
+                assert grid == (N // t.block_n, part.split_k), M
+                assert reduce == ((-(-M // 8), N // 256) if part.split_k > 1 else None), M
+            else:
+                assert grid == (min(SMS * part.ctas, -(-M // t.block_m) * -(-N // t.block_n)),), M
+
+
+def test_candidates_are_distinct_and_split_within_a_wave():
+    """Per site: the shipped parts are candidates, no part twice, and each stream split keeps N / BN x split_k
+    within SMS programs (or one slice) and every slice at least two K steps."""
+    for N, K in SHAPES.values():
+        parts = candidates(N, K)
+        assert len(set(parts.values())) == len(parts)
+        narrow, wide = config(N, K, torch.bfloat16).parts
+        assert replace(parts["shipped-narrow"], max_m=narrow.max_m) == narrow and parts["shipped-wide"] == wide
+        for part in parts.values():
+            t, s = part.tiles, part.split_k
+            if part.kernel == STREAM and s > 1:
+                assert -(-N // t.block_n) * s <= SMS and -(-K // t.block_k) >= 2 * s, (N, K, part)
+    assert split_k(2048, 2048, Tiles(128, 128, 64, 8, 4)) == 8  # 16 column blocks: 128 programs
 
 
 def test_config_is_one_of_configs():
@@ -139,17 +184,56 @@ CPU_NK = [(77, 96), (130, 256)]  # K 96: a ragged K step in every config; K 256:
 
 
 def cfg_id(c: GemmConfig) -> str:
-    return "fp32" if c == FP32 else f"bf16-BN{c.wide.block_n}-nBN{c.narrow.block_n}"
+    return "fp32" if c == FP32 else f"bf16-BN{c.parts[1].tiles.block_n}-nBN{c.parts[0].tiles.block_n}"
+
+
+def edges(cfg: GemmConfig) -> tuple[int, ...]:
+    """Both sides of every range's bound."""
+    return tuple(m + d for p in cfg.parts if p.max_m for m in (p.max_m,) for d in (0, 1))
 
 
 @interpreted
 @pytest.mark.parametrize("N,K", CPU_NK, ids=[f"N{n}-K{k}" for n, k in CPU_NK])
 @pytest.mark.parametrize("cfg", configs(), ids=cfg_id)
 def test_gemm_cpu(cfg, N, K):
-    """Every configuration at odd M on both sides of its narrow_max_m, in its dtype."""
+    """Every configuration at odd M on both sides of its ranges' bounds, in its dtype."""
     dtype = torch.float32 if cfg == FP32 else torch.bfloat16
-    for M in ODD_M + (cfg.narrow_max_m, cfg.narrow_max_m + 1):
+    for M in ODD_M + edges(cfg):
         gemm_matches(M, N, K, dtype, "cpu", cfg)
+
+
+CANDIDATE_NK = (130, 320)  # K 320: five K steps of 64, split 2 (slices of 3 and 2 steps)
+
+
+@interpreted
+@pytest.mark.parametrize("name", list(candidates(*CANDIDATE_NK)))
+def test_candidate_cpu(name):
+    """Every part `bench_gemm.py --configs` times, alone at every M (one unbounded part), at a ragged N and at
+    a ragged K."""
+    cfg = GemmConfig((candidates(*CANDIDATE_NK)[name],))
+    for M in (1, 17, 129, 300):
+        gemm_matches(M, *CANDIDATE_NK, torch.bfloat16, "cpu", cfg)
+    gemm_matches(33, 77, 96, torch.bfloat16, "cpu", cfg)  # split parts: two slices of one K step, the last ragged
+
+
+@interpreted
+@pytest.mark.parametrize("split", [2, 3, 4, 5])
+@pytest.mark.parametrize("dt", list(DTYPES))
+def test_split_k_cpu(split, dt):
+    """K 300 in steps of 64 (the last ragged): 2 slices of 3 and 2 steps, 3 of 2, 2, 1, 4 of 2, 2, 1 and an
+    empty one (it writes zeros), 5 of one step each; M loops over blocks of 32, and a static workspace of 64 rows
+    (a bounded part) also below its bound."""
+    part = Part(STREAM, Tiles(32, 32, 64, 4, 2), split_k=split)
+    for cfg in (GemmConfig((part,)), GemmConfig((replace(part, max_m=64), Part(PERSISTENT, Tiles(32, 32, 64, 4, 2))))):
+        for M in (1, 33, 64):
+            gemm_matches(M, 45, 300, DTYPES[dt], "cpu", cfg)
+
+
+@interpreted
+def test_ranges_cpu():
+    """A configuration of four ranges at both sides of each bound."""
+    for M in (1,) + edges(RANGES) + (300,):
+        gemm_matches(M, 130, 320, torch.bfloat16, "cpu", RANGES)
 
 
 @interpreted
@@ -190,15 +274,18 @@ def sm90():
 
 def test_mutation_analysis_names_only_the_outputs(sm90):
     """torch (as export and AOTInductor run it) must see each kernel store to its outputs only: a kernel taken
-    to write everything would have the artifact copy its inputs, the weights among them, before every launch."""
+    to write everything would have the artifact copy its inputs, the weights among them, before every launch.
+    The stream kernel stores to y without split-K, to its partials with it."""
     x, w, y = (torch.empty(s, dtype=torch.bfloat16) for s in ((300, 2048), (5120, 2048), (300, 5120)))
-    tiles = {"M": 300, "N": 5120, "K": 2048, "UPCAST": False}
-    cfg = config(5120, 2048, torch.bfloat16)
-    wide = {"BM": cfg.wide.block_m, "BN": cfg.wide.block_n, "BK": cfg.wide.block_k, "GROUP_M": 8, "FLATTEN": True}
-    narrow = {"BM": cfg.narrow.block_m, "BN": cfg.narrow.block_n, "BK": cfg.narrow.block_k}
+    ws = torch.empty(300, 4, 5120)
+    tiles = {"M": 300, "N": 5120, "K": 2048, "UPCAST": False, "BM": 128, "BN": 128, "BK": 64}
+    xwy = {"x_ptr": x, "w_ptr": w, "y_ptr": y}
     cases = [
-        (triton_gemm._wide_kernel, {"x_ptr": x, "w_ptr": w, "y_ptr": y, **tiles, **wide}, ["y_ptr"]),
-        (triton_gemm._narrow_kernel, {"x_ptr": x, "w_ptr": w, "y_ptr": y, **tiles, **narrow}, ["y_ptr"]),
+        (triton_gemm._wide_kernel, {**xwy, **tiles, "GROUP_M": 8, "FLATTEN": True}, ["y_ptr"]),
+        (triton_gemm._stream_kernel, {**xwy, "ws_ptr": x, **tiles, "SPLIT_K": 1}, ["y_ptr"]),
+        (triton_gemm._stream_kernel, {**xwy, "ws_ptr": ws, **tiles, "SPLIT_K": 4}, ["ws_ptr"]),
+        (triton_gemm._reduce_kernel, {"ws_ptr": ws, "y_ptr": y, "M": 300, "N": 5120, "SPLIT_K": 4, "BM": 8,
+                                      "BN": 256}, ["y_ptr"]),
         (triton_norm._norm_kernel, {"x_ptr": x, "d_ptr": x, "g_ptr": x[0], "r_ptr": y, "n_ptr": y, "K": 2048,
                                     "BK": 2048, "EPS": EPS, "HAS_DELTA": True}, ["n_ptr", "r_ptr"]),
     ]
@@ -207,6 +294,15 @@ def test_mutation_analysis_names_only_the_outputs(sm90):
 
 
 # ---------------------------------------------------------------- export: one node, M stays dynamic
+
+
+@torch.library.triton_op("gdn_test::gemm_ranges", mutates_args=())
+def gemm_ranges(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The GEMM with RANGES: split-K partials in a static workspace, four empty-or-not launches, one op."""
+    return triton_gemm.gemm(x, w, RANGES)
+
+
+gemm_ranges.register_kernel("cpu")(ref.gemm)
 
 
 class Projections(torch.nn.Module):
@@ -218,24 +314,25 @@ class Projections(torch.nn.Module):
 
     def forward(self, x, delta):
         y, r, n = torch.ops.gdn.norm_gemm(x, delta, self.g, EPS, self.w2)
-        return torch.ops.gdn.gemm(r, self.w), y, n
+        return torch.ops.gdn.gemm(r, self.w), y, n, torch.ops.gdn_test.gemm_ranges(n, self.w)
 
 
 @pytest.mark.slow
 def test_export_keeps_ops_and_dynamic_m():
     """torch.export(strict=True) with a dynamic M keeps each op as one node, does not specialise M (no guard
-    from the launch grids), and the exported program equals eager at any M."""
+    from the launch grids, nor from a four-range configuration's workspace), and the exported program equals
+    eager at any M."""
     m = Projections()
     T = Dim("T", min=1, max=4096)
     args = (torch.randn(37, 48), torch.randn(37, 48))
     ep = torch.export.export(m, args, dynamic_shapes=({0: T}, {0: T}), strict=True)
     ops = [str(n.target) for n in ep.graph.nodes if "gdn" in str(n.target)]
-    assert ops == ["gdn.norm_gemm.default", "gdn.gemm.default"]
+    assert ops == ["gdn.norm_gemm.default", "gdn.gemm.default", "gdn_test.gemm_ranges.default"]
     x_val = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == "x").meta["val"]
     assert isinstance(x_val.shape[0], torch.SymInt), "M was specialised"
     (rng,) = [r for s, r in ep.range_constraints.items() if str(s) == str(x_val.shape[0])]
     assert (int(rng.lower), int(rng.upper)) == (1, 4096)
-    for M in (1, 5, 200, 1000):
+    for M in (1, 5, 17, 65, 200, 201, 1000):
         a = (torch.randn(M, 48), torch.randn(M, 48))
         for got, want in zip(ep.module()(*a), m(*a)):
             assert torch.equal(got, want)
@@ -274,8 +371,20 @@ def test_norm_gemm_cuda(name, with_delta):
 @pytest.mark.parametrize("cfg", configs(), ids=cfg_id)
 def test_every_config_cuda(cfg):
     dtype = torch.float32 if cfg == FP32 else torch.bfloat16
-    for M in (1, cfg.narrow_max_m, cfg.narrow_max_m + 1, 1000):
+    for M in (1, 1000) + edges(cfg):
         gemm_matches(M, 1281, 2048, dtype, "cuda", cfg)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["router_shared_35b", "down_2b", "qkv_2b"])
+def test_every_candidate_cuda(name):
+    """Every part `bench_gemm.py --configs` times for the site, alone at every M (odd N, K 6144, N 5120)."""
+    N, K = SHAPES[name]
+    for part in candidates(N, K).values():
+        for M in (1, 17, 128, 129, 300, 1000):
+            gemm_matches(M, N, K, torch.bfloat16, "cuda", GemmConfig((part,)))
+    for M in (1,) + edges(RANGES) + (1000,):
+        gemm_matches(M, N, K, torch.bfloat16, "cuda", RANGES)
 
 
 @pytest.mark.cuda
@@ -291,16 +400,17 @@ def test_ops_equal_kernels_cuda():
 @pytest.mark.cuda
 @pytest.mark.slow
 def test_aoti_compiles_ops_for_every_m_cuda():
-    """AOTInductor compiles both ops' kernels into one library for a dynamic M; at every M (both kernels' ranges)
-    it equals the eager ops bit for bit."""
+    """AOTInductor compiles the ops' kernels (and RANGES' split-K sum) into one library for a dynamic M; at every
+    M (every range of both configurations) it equals the eager ops bit for bit."""
     from aoti_util import compile_and_load
 
     m = Projections(K=2048, N=5120).cuda().to(torch.bfloat16)
     T = Dim("T", min=1, max=4096)
     args = (rand(300, 2048, dtype=torch.bfloat16, device="cuda"), rand(300, 2048, dtype=torch.bfloat16, device="cuda"))
     compiled, src = compile_and_load(torch.export.export(m, args, dynamic_shapes=({0: T}, {0: T}), strict=True))
-    assert "_wide_kernel" in src and "_narrow_kernel" in src and "_norm_kernel" in src
-    for M in (1, 16, 128, 129, 1000, 4096):
+    for kernel in ("_wide_kernel", "_stream_kernel", "_reduce_kernel", "_norm_kernel"):
+        assert kernel in src, kernel
+    for M in (1, 16, 17, 64, 65, 128, 129, 200, 201, 1000, 4096):
         a = (rand(M, 2048, dtype=torch.bfloat16, device="cuda"), rand(M, 2048, dtype=torch.bfloat16, device="cuda"))
         for got, want in zip(compiled(*a), m(*a)):
             assert torch.equal(got, want), f"M {M}: compiled differs from eager"
