@@ -16,7 +16,7 @@ import torch
 import gdn.kernels.qgemv  # noqa: F401  (registers torch.ops.gdn.qgemv / norm_qgemv)
 from gdn.kernels.qgemv import reference as ref
 from gdn.kernels.qgemv import triton_norm_qgemv, triton_qgemv
-from gdn.kernels.qgemv.triton_qgemv import PDL_MAX_K, QGemvConfig, default_config
+from gdn.kernels.qgemv.triton_qgemv import PDL_MAX_K, QGemvConfig, candidates, default_config
 from test_gemv import activation64
 
 interpreted = pytest.mark.interpret
@@ -142,11 +142,14 @@ def norm_qgemv_matches(N, K, bits, group, delta, dtype, device="cpu", cfg=None) 
 # (N, K, group): odd N, K not a power of two, a group count that no step divides, one group
 CPU_CASES = [(1, 32, 32), (13, 96, 32), (37, 384, 128), (70, 320, 64)]
 CPU_IDS = [f"N{n}-K{k}-g{g}" for n, k, g in CPU_CASES]
-SMALL = {"off": QGemvConfig(block_n=8, block_k=64, pdl="off"), "on": QGemvConfig(block_n=8, pdl="on")}
+SMALL = {"off": QGemvConfig(block_n=8, block_k=64, pdl="off"), "on": QGemvConfig(block_n=8, pdl="on"),
+         # the chunks layout: a 3-stage loop in 64-column steps (1 or 2 chunks; a ragged last step), the PDL form
+         "chunks-off": QGemvConfig(8, 64, 4, "off", "chunks", 3), "chunks-on": QGemvConfig(8, pdl="on", layout="chunks")}
+FORMS = list(SMALL)
 
 
 @interpreted
-@pytest.mark.parametrize("pdl", ["off", "on"])
+@pytest.mark.parametrize("pdl", FORMS)
 @pytest.mark.parametrize("act", ["none", "silu_mul"])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("N,K,group", CPU_CASES, ids=CPU_IDS)
@@ -157,7 +160,7 @@ def test_qgemv_cpu(N, K, group, bits, act, pdl):
 
 
 @interpreted
-@pytest.mark.parametrize("pdl", ["off", "on"])
+@pytest.mark.parametrize("pdl", FORMS)
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "no_delta"])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("N,K,group", CPU_CASES, ids=CPU_IDS)
@@ -178,6 +181,35 @@ def test_default_config_cpu(N, K, bits):
     x = torch.randn(1, 2 * K)
     torch.testing.assert_close(triton_qgemv.qgemv(x, q, s, bits, 128, "silu_mul"),
                                torch.ops.gdn.qgemv(x, q, s, bits, 128, "silu_mul"), rtol=1e-5, atol=1e-5)
+
+
+@interpreted
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", list(candidates(2048, 4)))
+def test_candidates_cpu(name, bits):
+    """Every candidate config of the 2B's K = 2048 (bench_qgemv --configs), at small odd shapes, both kernels."""
+    cfg = candidates(2048, bits)[name]
+    qgemv_matches(37, 384, bits, 128, "silu_mul", torch.bfloat16, cfg=cfg)
+    norm_qgemv_matches(70, 320, bits, 64, True, torch.float32, cfg=cfg)
+
+
+@interpreted
+@pytest.mark.parametrize("bits", [8, 4])
+def test_loop_candidates_cpu(bits):
+    """The candidates of a K above PDL_MAX_K (the MLP's down) run the loop form: several steps, a ragged tail."""
+    for name, cfg in candidates(6144, bits).items():
+        assert cfg.pdl == "off", name
+        qgemv_matches(9, PDL_MAX_K + 1024 + 128, bits, 128, "silu_mul", torch.float32, cfg=cfg)
+
+
+def test_candidate_names_and_forms():
+    """The shipped config leads, the chunks candidates move 8-32 KiB a program at K = 2048."""
+    for bits in (8, 4):
+        c = candidates(2048, bits)
+        assert list(c)[0] == "shipped" and c["shipped"] == default_config(2048, bits)
+        kib = {n: cfg.block_n * 2048 * bits // 8 >> 10 for n, cfg in c.items() if cfg.pdl == "on"}
+        assert kib == {"shipped": 8, "chunks-8k-4w": 8, "chunks-16k-4w": 16, "chunks-32k-4w": 32, "chunks-32k-8w": 32}
+        assert {n for n, cfg in c.items() if cfg.stages > 1} == {"chunks-loop-2s", "chunks-loop-3s"}
 
 
 def test_default_config_is_the_ops_config():
@@ -252,6 +284,13 @@ def test_bad_kernel_inputs_name_them():
         triton_qgemv.qgemv(x, q3, s3, 4, 96, "none")
     with pytest.raises(ValueError, match=r"norm weight \(95,\)"):
         triton_norm_qgemv.norm_qgemv(x, None, torch.randn(95), EPS, q, s, 4, 32)
+    q16, s16 = ref.quantize(torch.randn(5, 96), 4, 16)
+    with pytest.raises(ValueError, match="chunks layout needs int4 groups of at least 32 columns, got 16"):
+        triton_qgemv.qgemv(x, q16, s16, 4, 16, "none", QGemvConfig(layout="chunks"))
+    with pytest.raises(ValueError, match="layout in .* got QGemvConfig.*'rows'"):
+        triton_norm_qgemv.norm_qgemv(x, None, torch.randn(96), EPS, q, s, 4, 32, QGemvConfig(layout="rows"))
+    with pytest.raises(ValueError, match="stages >= 1 .* got QGemvConfig"):
+        triton_qgemv.qgemv(x, q, s, 4, 32, "none", QGemvConfig(stages=2))
     with pytest.raises(ValueError, match="quantize wants a float"):
         ref.quantize(torch.ones(4, 8, dtype=torch.int32), 8, 4)
 
@@ -285,6 +324,21 @@ def test_both_forms_fp32_cuda(bits, pdl):
     """fp32 at float32's tolerance, each form at the 2B's K = 2048."""
     qgemv_matches(2048, 2048, bits, 64, "silu_mul", torch.float32, "cuda", QGemvConfig(8, 512, 4, pdl=pdl))
     norm_qgemv_matches(5120, 2048, bits, 64, True, torch.float32, "cuda", QGemvConfig(8, 512, 4, pdl=pdl))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", ["gdn_in_proj", "out_proj", "down"])
+def test_candidates_cuda(name, bits, group):
+    """Every candidate config (bench_qgemv --configs) at the 2B's shapes, bf16, the PDL form launched with PDL."""
+    N, K, form = SHAPES[name]
+    for cand, cfg in candidates(K, bits).items():
+        if form == "norm":
+            norm_qgemv_matches(N, K, bits, group, True, torch.bfloat16, "cuda", cfg)
+        else:
+            qgemv_matches(N, K, bits, group, form, torch.bfloat16, "cuda", cfg)
+        qgemv_matches(N, K, bits, group, "none", torch.float32, "cuda", cfg)
 
 
 @pytest.mark.cuda

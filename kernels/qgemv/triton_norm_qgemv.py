@@ -12,9 +12,11 @@ import triton.language as tl
 
 from ..gemv.triton_norm_gemv import _residual, _store_norm
 from ..launch import launcher, next_pow2
-from ..pdl import grid_release, grid_wait
+from ..pdl import grid_release, grid_wait, pdl_args
+from . import triton_chunks as chunks
 from .reference import weight_shape
-from .triton_qgemv import QGemvConfig, _cols, _load_q, _qdot, check_group_pow2, default_config, launch_args
+from .triton_qgemv import (QGemvConfig, _cols, _load_q, _qdot, check_config, check_group_pow2, default_config,
+                           launch_args)
 
 
 @triton.jit
@@ -92,7 +94,12 @@ def norm_qgemv(
     if out is None:
         out = (x.new_empty((1, N)), x.new_empty((1, K)), x.new_empty((1, K)))
     y, r, n = out
-    bn, bg, launch = launch_args(cfg or default_config(K, bits), N, K, group, y)
+    cfg = cfg or default_config(K, bits)
+    check_config(cfg)
+    if cfg.layout == "chunks":
+        _norm_qgemv_chunks(x, d, g, eps, qweight, scales, (y, r, n), bits, group, delta is not None, cfg)
+        return y, r, n
+    bn, bg, launch = launch_args(cfg, N, K, group, y)
     programs = triton.cdiv(N, bn)
     cut = triton.cdiv(K, programs)
     launcher(_norm_qgemv_kernel)[(programs,)](
@@ -101,3 +108,22 @@ def norm_qgemv(
         SLICE_P2=max(16, next_pow2(cut)), **launch,
     )
     return y, r, n
+
+
+def _norm_qgemv_chunks(x: torch.Tensor, d: torch.Tensor, g: torch.Tensor, eps: float, qweight: torch.Tensor,
+                       scales: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], bits: int,
+                       group: int, has_delta: bool, cfg: QGemvConfig) -> None:
+    """norm_qgemv in the chunks layout (triton_chunks.py): the packed weights read as int32 words."""
+    N, K = scales.shape[0], scales.shape[1] * group
+    kc, cg = chunks.chunk_shape(K, bits, group)
+    words = qweight.view(torch.int32)  # [N, K bits / 32]
+    y, r, n = out
+    pdl = pdl_args(cfg.pdl, y)
+    bn, bc = min(cfg.block_n, next_pow2(N)), chunks.block_chunks(pdl["PDL"], cfg.block_k, K, bits)
+    programs = triton.cdiv(N, bn)
+    cut = triton.cdiv(K, programs)
+    launcher(chunks._norm_qgemv_chunks_kernel)[(programs,)](
+        x, d, g, words, scales, y, r, n, words.stride(0), scales.stride(0), chunks.ONE_BITS, N=N, K=K, KC=kc,
+        CG=cg, BITS=bits, EPS=eps, HAS_DELTA=has_delta, BN=bn, BC=bc, STAGES=cfg.stages, SLICE=cut,
+        SLICE_P2=max(16, next_pow2(cut)), num_warps=cfg.warps, **pdl,
+    )

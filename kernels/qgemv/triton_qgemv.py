@@ -25,6 +25,7 @@ from ..gemv.reference import ACTS
 from ..gemv.triton_gemv import _activation
 from ..launch import launcher, next_pow2
 from ..pdl import grid_release, grid_wait, pdl_args
+from . import triton_chunks as chunks
 from .reference import weight_shape
 
 # the PDL form holds a program's whole [BN, K] bytes and its K activations in registers
@@ -41,6 +42,12 @@ class QGemvConfig:
     warps: int = 4
     # programmatic dependent launch (kernels/pdl.py): "on" / "serial" run the PDL form, one step over K
     pdl: str = "off"
+    # "groups": [BN, BG, group bytes] byte tiles (this file); "chunks": [BC, BN, 4] int32 word tiles (triton_chunks)
+    layout: str = "groups"
+    stages: int = 1  # software pipelining of the loop form's loads (tl.range num_stages; "chunks" only)
+
+
+LAYOUTS = ("groups", "chunks")
 
 
 def default_config(K: int, bits: int) -> QGemvConfig:
@@ -48,6 +55,27 @@ def default_config(K: int, bits: int) -> QGemvConfig:
     program and step at K = 2048 (8 int4 rows, 4 int8 rows: 64 bytes a thread at 4 warps), 8 warps for long
     rows, the PDL form where one step over K fits."""
     return QGemvConfig(8 if bits == 4 else 4, 1024, 8 if K >= 4096 else 4, pdl="on" if K <= PDL_MAX_K else "off")
+
+
+def candidates(K: int, bits: int) -> dict[str, QGemvConfig]:
+    """Configs for a timing run at one static K (scripts/bench_qgemv.py --configs): the shipped one and the
+    chunks layout with 8-32 KiB of weight bytes per program in the PDL form (where K allows it) and the loop
+    form with 2 or 3 stages of 8 KiB steps."""
+    row = K * bits // 8  # bytes of one row
+    pdl = "on" if K <= PDL_MAX_K else "off"
+    out = {"shipped": default_config(K, bits)}
+    if pdl == "on":
+        for kib, warps in ((8, 4), (16, 4), (32, 4), (32, 8)):
+            out[f"chunks-{kib}k-{warps}w"] = QGemvConfig(max(1, (kib << 10) // row), 1024, warps, pdl, "chunks")
+    step = (8 << 10) * 8 // bits // 16  # columns of a 16-row, 8 KiB step
+    for stages in (2, 3):
+        out[f"chunks-loop-{stages}s"] = QGemvConfig(16, step, 4, "off", "chunks", stages)
+    return out
+
+
+def check_config(cfg: QGemvConfig) -> None:
+    if cfg.layout not in LAYOUTS or cfg.stages < 1 or (cfg.stages > 1 and cfg.layout != "chunks"):
+        raise ValueError(f"qgemv config wants layout in {LAYOUTS} and stages >= 1 (> 1 only for chunks), got {cfg}")
 
 
 def check_group_pow2(group: int) -> None:
@@ -150,9 +178,28 @@ def qgemv(
         raise ValueError(f"qgemv wants x [1, {want}] and qweight, scales with unit K stride, got {got}")
     x = x.contiguous()
     y = torch.empty((1, N), dtype=x.dtype, device=x.device) if out is None else out
-    bn, bg, launch = launch_args(cfg or default_config(K, bits), N, K, group, y)
+    cfg = cfg or default_config(K, bits)
+    check_config(cfg)
+    if cfg.layout == "chunks":
+        return _qgemv_chunks(x, qweight, scales, y, bits, group, act, cfg)
+    bn, bg, launch = launch_args(cfg, N, K, group, y)
     launcher(_qgemv_kernel)[(triton.cdiv(N, bn),)](
         x, qweight, scales, y, qweight.stride(0), scales.stride(0), N=N, K=K, KG=K // group, GROUP=group,
         BITS=bits, SILU_MUL=act == "silu_mul", BN=bn, BG=bg, **launch,
+    )
+    return y
+
+
+def _qgemv_chunks(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, y: torch.Tensor, bits: int,
+                  group: int, act: str, cfg: QGemvConfig) -> torch.Tensor:
+    """qgemv in the chunks layout (triton_chunks.py): the packed weights read as int32 words."""
+    N, K = scales.shape[0], scales.shape[1] * group
+    kc, cg = chunks.chunk_shape(K, bits, group)
+    words = qweight.view(torch.int32)  # [N, K bits / 32]
+    pdl = pdl_args(cfg.pdl, y)
+    bn, bc = min(cfg.block_n, next_pow2(N)), chunks.block_chunks(pdl["PDL"], cfg.block_k, K, bits)
+    launcher(chunks._qgemv_chunks_kernel)[(triton.cdiv(N, bn),)](
+        x, words, scales, y, words.stride(0), scales.stride(0), chunks.ONE_BITS, N=N, K=K, KC=kc, CG=cg,
+        BITS=bits, SILU_MUL=act == "silu_mul", BN=bn, BC=bc, STAGES=cfg.stages, num_warps=cfg.warps, **pdl,
     )
     return y
