@@ -51,7 +51,7 @@ DECODE_IN_USE = (1024, 8192, 32768, 131072, DECODE_S)  # positions in use: the q
 LAYERS = 6  # the 2B's attention layers: "chained" replays the op over 6 caches in one graph
 PREFILL_SWEEP = [PrefillConfig(128, 32, 8, 2), PrefillConfig(128, 32, 8, 3), PrefillConfig(64, 64, 4, 2),
                  PrefillConfig(64, 32, 4, 3)]
-DECODE_SWEEP = [DecodeConfig(64, 4, 2, 132, "off"), DecodeConfig(64, 4, 3, 132), DecodeConfig(64, 4, 4, 132),
+DECODE_SWEEP = [DecodeConfig(64, 4, 2, 132, "off"), DecodeConfig(64, 4, 2, 132), DecodeConfig(64, 4, 4, 132),
                 DecodeConfig(32, 4, 3, 132), DecodeConfig(64, 8, 2, 132), DecodeConfig(64, 4, 2, 264),
                 DecodeConfig(64, 4, 3, 264), DecodeConfig(32, 4, 2, 264), DecodeConfig(32, 4, 3, 396),
                 DecodeConfig(64, 4, 2, 396), DecodeConfig(128, 8, 2, 132), DecodeConfig(64, 4, 2, 66)]

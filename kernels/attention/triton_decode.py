@@ -37,10 +37,11 @@ class DecodeConfig:
 
 
 def decode_config(D: int, dtype: torch.dtype) -> DecodeConfig:
-    """The one configuration per static shape class (head dim, dtype); 132 programs: one per SM of an H100."""
+    """The one configuration per static shape class (head dim, dtype); 132 programs: one per SM of an H100;
+    bf16 three stages (the best of `scripts/bench_attention.py --configs`, DESIGN.md)."""
     if dtype == torch.float32 and triton.next_power_of_2(D) >= 128:
         return DecodeConfig(16, 4, 2, 132)
-    return DecodeConfig(64, 4, 2, 132)
+    return DecodeConfig(64, 4, 3, 132)
 
 
 def num_splits(S: int, Hkv: int, config: DecodeConfig) -> int:
