@@ -1,6 +1,7 @@
 """`gdn-export --quant int8|int4`: the quantized model (export/quant.py) against the float reference, its loader,
 its metadata, and (slow) CPU artifacts of the bundled default model run by the real ExecuTorch runtime through
-gdn.runner, whose greedy tokens must equal the eager model's with the same quantized weights."""
+gdn.runner, whose greedy tokens must be the eager model's (same quantized weights) up to bf16 near-ties: fed the
+artifact's tokens, the eager model ranks each first or within BF16_TIE of its largest logit."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def quant_artifacts(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCHEMES)
-def test_artifact_greedy_equals_the_eager_quantized_model(quant_artifacts, name):
+def test_artifact_greedy_follows_the_eager_quantized_model(quant_artifacts, name):
     from gdn.runner import Runner
     from runner_eager import EagerMethods
 
@@ -166,8 +167,12 @@ def test_artifact_greedy_equals_the_eager_quantized_model(quant_artifacts, name)
     for n in (CHUNK + 5, 3):  # chunked prefill, then a fresh short prompt
         prompt = random_ids(n)
         result = runner.generate(prompt, max_new_tokens=12, temperature=0.0)
-        got, want = result.generated_ids, greedy(eager, prompt, 12)
-        assert got == want[: len(got)] and (len(got) == 12 or result.stop_reason == "stop_token"), f"prompt of {n}"
+        got = result.generated_ids
+        assert len(got) == 12 or result.stop_reason == "stop_token", f"prompt of {n}: {result.stop_reason}"
+        margins = teacher_forced_margins(eager, prompt, got)
+        # bf16 in two runtimes (XNNPACK / portable kernels against ATen) rounds differently: a token may differ only
+        # where the eager model's top two are within that rounding (BF16_TIE of its largest logit)
+        assert max(margins) <= BF16_TIE, f"prompt of {n}: eager logit margins of the artifact's tokens {margins}"
     runner.close()
 
 
@@ -188,16 +193,21 @@ def test_artifact_stores_the_packed_weights(quant_artifacts, name):
     assert 0 < program < 2 << 20, f"{len(data)} bytes for {weight_bytes(model)} bytes of weights"
 
 
-def greedy(methods, prompt: list[int], n: int) -> list[int]:
+BF16_TIE = 0.02  # relative to the largest |logit|: the summed bf16 rounding of two runtimes over the model
+
+
+def teacher_forced_margins(methods, prompt: list[int], tokens: list[int]) -> list[float]:
+    """Feed `tokens` after `prompt` (chunked prefill, then decode) -> per token, how far its logit falls below the
+    model's largest, relative to the largest |logit| (0 where it is the model's own greedy choice)."""
     T = len(prompt)
-    logits = None
     for start in range(0, T, CHUNK):
         stop = min(T, start + CHUNK)
         logits = methods.prefill(torch.tensor([prompt[start:stop]]), torch.arange(start, stop))
-    out = []
-    for i in range(n):
-        out.append(int(logits.argmax(-1)))
-        logits = methods.decode(torch.tensor([[out[-1]]]), torch.tensor([T + i]))
-    return out
+    margins = []
+    for i, tok in enumerate(tokens):
+        row = logits.float()[0]
+        margins.append(float((row.max() - row[tok]) / row.abs().max()))
+        logits = methods.decode(torch.tensor([[tok]]), torch.tensor([T + i]))
+    return margins
 
 
