@@ -8,6 +8,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
+
+import torch
 
 from gdn.runner.artifact import data_path_for
 
@@ -21,13 +24,18 @@ def check_space(folder: Path, needed: int) -> None:
         raise ExportError(f"out of disk space in {folder}: about {needed / 2**20:.0f} MiB needed, {free / 2**20:.0f} MiB free")
 
 
-def weights_bytes(model: GDNForCausalLM) -> int:
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the tensors, each storage counted once (a tied embedding and lm_head are one)."""
     seen, total = set(), 0
-    for p in list(model.parameters()) + list(model.buffers()):
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
     return total
+
+
+def weights_bytes(model: GDNForCausalLM) -> int:
+    return tensor_bytes([*model.parameters(), *model.buffers()])
 
 
 def write_artifact(et_program, output: Path, with_data: bool) -> tuple[Path, Path | None]:

@@ -26,11 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
 from dataclasses import asdict
 from typing import Callable
 
@@ -43,6 +39,7 @@ from gdn.kernels.attention import triton_decode, triton_prefill
 from gdn.kernels.attention.triton_decode import DecodeConfig
 from gdn.kernels.attention.triton_prefill import PrefillConfig
 from timing import copy_bandwidth, graphed, kernel_medians, median_us, Table  # scripts/ is on sys.path as a script
+from tools import sass_stats
 
 H, HKV, D, DTYPE = 8, 2, 256, torch.bfloat16
 CHUNK, PREFIX = 4096, 28672
@@ -208,25 +205,9 @@ def bench_decode(t: Table, copy_1g: float, sweep: bool) -> None:
 
 
 def sm90_resources(kernel, types: dict[str, str], constexprs: dict[str, object], warps: int, stages: int) -> str:
-    """Registers, spill stack and shared bytes of one specialisation compiled for sm_90 (16-byte aligned pointers
-    and strides, as Triton specialises them at launch)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    names = kernel.arg_names
-    signature = {n: "constexpr" if n in constexprs else types[n] for n in names}
-    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-               if n not in constexprs and (types[n].startswith("*") or n.startswith("s_"))}
-    src = ASTSource(kernel, signature, constexprs=constexprs, attrs=aligned)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-    return f"{found[1]} registers, {found[2]} B stack, {compiled.metadata.shared} B shared" if found else usage[-200:]
+    """Registers, spill stack and shared bytes of one specialisation compiled for sm_90 (tools/sass_stats)."""
+    s = sass_stats.compile_sm90(kernel, types, constexprs, warps, stages)
+    return f"{s.registers} registers, {s.stack} B stack, {s.shared} B shared"
 
 
 def registers(t: Table) -> None:

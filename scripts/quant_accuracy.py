@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rust_docs_corpus import docs_dir, read_sections  # noqa: E402
 from train_default_model import held_out_loss, plain, split, stream  # noqa: E402
 
+from gdn.export.artifact import tensor_bytes  # noqa: E402
 from gdn.export.checkpoint import load_model  # noqa: E402
 from gdn.export.pipeline import DEFAULT_CHECKPOINT  # noqa: E402
 from gdn.export.quant import QuantLinear, QuantScheme, quant_target  # noqa: E402
@@ -102,12 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
+    return tensor_bytes(model.parameters())
 
 
 def print_table(rows, base_loss: float) -> None:

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from gdn.export.artifact import tensor_bytes
 from gdn.export.checkpoint import load_model
 from gdn.export.pipeline import DEFAULT_CHECKPOINT
 from gdn.export.quant import QuantEmbedding, QuantLinear, QuantScheme, dense_weight, quant_target
@@ -121,12 +122,7 @@ def test_metadata_quant_field_round_trips_and_is_optional():
 
 
 def weight_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
+    return tensor_bytes(model.parameters())
 
 
 # ---- CPU artifacts (slow): one export per scheme, side by side ---------------------------------------------
