@@ -1,9 +1,18 @@
 """The Gated-DeltaNet hybrid decoder (Qwen3-Next, Qwen3.5, Qwen3.5-MoE), batch 1, made for torch.export.
 
 All decode state lives in registered buffers sized once (KV caches, conv and recurrent states) and is
-updated in place. `forward(tokens [1, T], input_pos [T]) -> logits [1, vocab]` of the last position.
+updated in place. `forward(tokens [1, T], input_pos [T]) -> logits [1, vocab]` of the last real position.
 A call whose input_pos[0] == 0 starts a new sequence: the GDN states are read as zero (on the device,
 no host branch), and stale KV entries are masked by position.
+
+Pads (for graphs captured per length bucket, and multi-step decode that stops inside a block): a token whose
+input_pos is -1 is a pad. In prefill the pads are a suffix: n >= 1 real tokens at contiguous positions p0 ..
+p0 + n - 1, then T - n pads; a decode call with input_pos [-1] is a no-op step. Every state buffer (KV caches,
+conv and recurrent states) ends as after the call without the pads, and the logits are those of token n - 1 (a
+decode pad's logits are finite and meaningless): the pads themselves change nothing bit for bit (a decode no-op
+leaves every buffer bit-equal), but a projection may round a real row differently at another row count T (the
+GEMM's blocking). A pad's token id may be anything. Nothing is checked on the host (the positions live on the
+device): other layouts are outside the contract.
 
 Projections that read the same input are stored fused (one matrix per layer input), a layout the
 loader writes once: GDN `in_proj` = [qkv | z | b | a], attention `qkv_proj` = [q+gate | k | v],
@@ -125,7 +134,8 @@ class Attention(nn.Module):
         return self.qkv_proj
 
     def forward(self, qkv, input_pos, cos, sin, decode: bool):
-        """qkv [T, 2 q_out + 2 kv_out]: the normed input's `input_proj` (the decoder layer computes it)."""
+        """qkv [T, 2 q_out + 2 kv_out]: the normed input's `input_proj` (the decoder layer computes it). A pad
+        (input_pos -1) writes no cache entry; its output row is 0 (kernels/attention/reference.py)."""
         T, D = qkv.shape[0], self.head_dim
         q_out, kv_out = self.n_heads * D, self.n_kv * D
         qg, k, v = qkv.split([2 * q_out, kv_out, kv_out], dim=-1)
@@ -162,24 +172,34 @@ class GatedDeltaNet(nn.Module):
     def input_proj(self) -> nn.Module:
         return self.in_proj
 
-    def forward(self, projected, reset, decode: bool):
-        """projected [T, conv_dim + value_dim + 2 Hv]: the normed input's `in_proj` (the decoder layer computes it)."""
+    def forward(self, projected, reset, decode: bool, valid=None, count=None):
+        """projected [T, conv_dim + value_dim + 2 Hv]: the normed input's `in_proj` (the decoder layer computes it).
+        valid [T] bool (False: a pad) and count [1] int64 (the real tokens, which come first), or both None (no
+        pads). A pad leaves both states as they were: the conv zeroes its q, k, v and keeps the last real inputs;
+        its g and beta are 0 (no decay, no write), selected (where, or in the decode kernel by count) rather than
+        multiplied, so its garbage (NaN included) never enters."""
         T = projected.shape[0]
         sizes = [self.conv_dim, self.value_dim, self.hv, self.hv]
         qkv, z, b, a = projected.split(sizes, dim=-1)
-        qkv = self.kernels.causal_conv1d(qkv.unsqueeze(0), self.conv_state, self.conv_weight, reset)
+        # [1, T, conv_dim], the pads' rows 0
+        qkv = self.kernels.causal_conv1d(qkv.unsqueeze(0), self.conv_state, self.conv_weight, reset, count)
         key_dim = self.hk * self.dk
         q, k, v = qkv.split([key_dim, key_dim, self.value_dim], dim=-1)
         q, k = q.view(1, T, self.hk, self.dk), k.view(1, T, self.hk, self.dk)
         v = v.view(1, T, self.hv, self.dv)
         a, b = a.view(1, T, self.hv), b.view(1, T, self.hv)
         if decode:
+            # count 0 (a pad): the kernel selects g = beta = 0 itself, no extra launch per layer and step
             o = self.kernels.recurrent_gated_delta_rule(
-                q, k, v, a, b, self.A_log, self.dt_bias, self.recurrent_state, reset
+                q, k, v, a, b, self.A_log, self.dt_bias, self.recurrent_state, reset, count
             )
         else:
-            g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
-            o = self.kernels.chunk_gated_delta_rule(q, k, v, g, b.float().sigmoid(), self.recurrent_state, reset)
+            g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())  # [1, T, Hv]
+            beta = b.float().sigmoid()
+            if valid is not None:
+                real = valid[None, :, None]  # [1, T, 1]
+                g, beta = torch.where(real, g, 0.0), torch.where(real, beta, 0.0)
+            o = self.kernels.chunk_gated_delta_rule(q, k, v, g, beta, self.recurrent_state, reset)
         o = self.norm(o[0], z.view(T, self.hv, self.dv))  # [T, Hv, V]
         return project(self.out_proj, o.reshape(T, self.value_dim), self.kernels, decode)
 
@@ -256,13 +276,14 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, delta, input_pos, reset, cos, sin, decode: bool):
-        """x [T, H] and delta [T, H] (None before the first layer): the stream is x + delta.
+    def forward(self, x, delta, input_pos, reset, cos, sin, decode: bool, valid=None, count=None):
+        """x [T, H] and delta [T, H] (None before the first layer): the stream is x + delta. valid [T] and
+        count [1]: which tokens are real, and how many (pads come last); None: no pads.
         -> (the stream before this layer's MLP output, that output)."""
         mixer = self.linear_attn if self.is_linear else self.self_attn
         x, _, p = norm_project(x, delta, self.input_layernorm, mixer.input_proj, self.kernels, decode)
         if self.is_linear:
-            h = self.linear_attn(p, reset, decode)
+            h = self.linear_attn(p, reset, decode, valid, count)
         else:
             h = self.self_attn(p, input_pos, cos, sin, decode)
         x, n, p = norm_project(x, h, self.post_attention_layernorm, self.mlp.input_proj, self.kernels, decode)
@@ -306,8 +327,8 @@ class GDNForCausalLM(nn.Module):
         return KERNEL_SETS[self.kernels]
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """tokens [1, T] int64, input_pos [T] int64 -> logits [1, vocab] of the last position.
-        T == 1 (a static shape) takes the one-token decode kernels."""
+        """tokens [1, T] int64, input_pos [T] int64 (-1: a pad, module docstring) -> logits [1, vocab] of the last
+        real position. T == 1 (a static shape) takes the one-token decode kernels."""
         return self.run(tokens, input_pos, decode=tokens.shape[1] == 1)
 
     def prefill(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -315,13 +336,21 @@ class GDNForCausalLM(nn.Module):
         return self.run(tokens, input_pos, decode=False)
 
     def run(self, tokens: torch.Tensor, input_pos: torch.Tensor, decode: bool) -> torch.Tensor:
-        x, delta = self.embed_tokens(tokens[0]), None  # [T, H]
+        valid = input_pos >= 0  # [T]: False for a pad
+        count = valid.sum(0, keepdim=True)  # [1]: the real tokens, which come first
+        # a pad's id may be anything: it reads row 0 of the table instead, so its rows stay finite
+        x, delta = self.embed_tokens(torch.where(valid, tokens[0], 0)), None  # [T, H]
         reset = input_pos[:1] == 0  # [1]
         cos, sin = self.rotary(input_pos, x.dtype)
         for layer in self.layers:
-            x, delta = layer(x, delta, input_pos, reset, cos, sin, decode)
-        # one row in both methods (the last position): the last add, the norm and lm_head in one mat-vec kernel
-        _, _, logits = norm_project(x[-1:], delta[-1:], self.norm, self.lm_head, self.kernel_set, decode=True)
+            x, delta = layer(x, delta, input_pos, reset, cos, sin, decode, valid, count)
+        # one row in both methods (the last real position): the last add, the norm and lm_head in one mat-vec kernel
+        if decode:
+            x, delta = x[-1:], delta[-1:]
+        else:
+            last = (count - 1).clamp(min=0)  # [1], on the device
+            x, delta = x.index_select(0, last), delta.index_select(0, last)
+        _, _, logits = norm_project(x, delta, self.norm, self.lm_head, self.kernel_set, decode=True)
         return logits
 
     def state_buffers(self) -> dict[str, torch.Tensor]:

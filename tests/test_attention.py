@@ -560,3 +560,125 @@ def test_aoti_compiled_matches_eager_without_cache_copy_cuda(T):
         assert grew < cache_bytes // 4, f"a call allocated {grew} bytes (one cache is {cache_bytes})"
         err = row_error(got, want.double())
         assert err < TOL[dtype], f"call at {start}: compiled differs from eager, largest row error {err:.2e}"
+
+
+# ---------------------------------------------------------------- pads (input_pos -1)
+# A call whose tokens n .. T-1 are pads (input_pos -1, their q, k, v NaN: garbage the contract allows) must write
+# only the real tokens' k, v, give the real rows the unpadded call's outputs (the oracle of the unpadded inputs;
+# the Triton kernels bit-equal to their own unpadded call) and 0 in the pad rows. A decode pad (n = 0) writes
+# nothing, reads no cache entry and outputs 0.
+
+def with_pads(x: dict, pads: int) -> dict:
+    """x's call with `pads` pad tokens after its real ones (all of them pads when x's input_pos is replaced)."""
+    def nan_rows(t):
+        return torch.cat([t, torch.full((pads, *t.shape[1:]), NAN, dtype=t.dtype, device=t.device)])
+
+    pos = torch.cat([x["input_pos"], torch.full((pads,), -1, dtype=torch.int64, device=x["input_pos"].device)])
+    return {**x, "q": nan_rows(x["q"]), "k": nan_rows(x["k"]), "v": nan_rows(x["v"]), "input_pos": pos}
+
+
+def decode_pad(x: dict) -> dict:
+    """x's decode call turned into a no-op step: input_pos -1, q, k, v NaN."""
+    return {**x, **{n: torch.full_like(x[n], NAN) for n in ("q", "k", "v")},
+            "input_pos": torch.full_like(x["input_pos"], -1)}
+
+
+def pads_match(c: Case, pads: int, fn, device: str, exact_to_unpadded: bool, **kw) -> None:
+    """fn(q, k, v, k_cache, v_cache, input_pos, **kw) on c's call with `pads` pads against the oracle and fn's own
+    unpadded call."""
+    x = make(c, device)
+    p = with_pads(x, pads)
+    kc, vc = x["k_cache"].clone(), x["v_cache"].clone()
+    o = fn(p["q"], p["k"], p["v"], kc, vc, p["input_pos"], **kw)
+    assert o.shape == p["q"].shape
+    assert torch.equal(o[c.T :], torch.zeros_like(o[c.T :])), "a pad row is not 0"
+    check(x, o[: c.T], oracle(x), kc, vc)  # the caches: only the real tokens written
+    if exact_to_unpadded:
+        want = fn(x["q"], x["k"], x["v"], x["k_cache"].clone(), x["v_cache"].clone(), x["input_pos"], **kw)
+        assert torch.equal(o[: c.T], want), "real rows differ from the unpadded call"
+
+
+def decode_pad_keeps_caches(c: Case, fn, device: str, **kw) -> None:
+    x = decode_pad(make(c, device))
+    kc, vc = x["k_cache"].clone(), x["v_cache"].clone()
+    o = fn(x["q"], x["k"], x["v"], kc, vc, x["input_pos"], **kw)
+    assert torch.equal(o, torch.zeros_like(o)), "a decode pad's output is not 0"
+    torch.testing.assert_close(kc, x["k_cache"], rtol=0, atol=0, equal_nan=True, msg="k_cache changed")
+    torch.testing.assert_close(vc, x["v_cache"], rtol=0, atol=0, equal_nan=True, msg="v_cache changed")
+
+
+def nan_out(fn):
+    """fn into a NaN-filled output (the kernels' `out`)."""
+    return lambda q, *a, **kw: fn(q, *a, out=torch.full_like(q, NAN), **kw)
+
+
+# (real tokens n, pads, start, S - start - n): buckets of 2, 16, 32, 128 (T <= S, as exports guarantee), prefixes,
+# and pads whose positions would run past the end of the cache (n5 at 60, S 67)
+PAD_CASES = [
+    (1, 1, 0, 40), (2, 14, 0, 40), (15, 1, 0, 40), (17, 15, 0, 40), (63, 1, 37, 40), (65, 63, 5, 70), (2, 126, 0, 130),
+    (5, 27, 60, 2), (17, 15, 3, 30),
+]
+
+
+def pad_params(dtypes) -> list:
+    return [pytest.param(Case(n, s, 4, 2, 48, s + n + slack, dt), pads, id=f"n{n}-pads{pads}-at{s}-S{s + n + slack}-"
+                         f"{str(dt)[6:]}") for n, pads, s, slack in PAD_CASES for dt in dtypes]
+
+
+@interpreted
+@pytest.mark.parametrize("c,pads", pad_params((torch.float32,)) + pad_params((torch.bfloat16,))[-1:])
+def test_prefill_pads_cpu(c, pads):
+    pads_match(c, pads, nan_out(triton_prefill.prefill_attention), "cpu", exact_to_unpadded=True)
+
+
+@interpreted
+@pytest.mark.parametrize("pos", [0, 1, 63, 64, 999])
+def test_decode_pad_cpu(pos):
+    decode_pad_keeps_caches(Case(1, pos, 4, 2, 48, SMALL_S, torch.float32), nan_out(triton_decode.decode_attention),
+                            "cpu", config=SMALL_SPLITS)
+
+
+@pytest.mark.parametrize("c,pads", pad_params((torch.float64, torch.float32)))
+def test_reference_pads(c, pads):
+    pads_match(c, pads, ref.prefill_attention, "cpu", exact_to_unpadded=False)
+
+
+@pytest.mark.parametrize("pos", [0, 1, 511, 512, 1099])
+def test_reference_decode_pad(pos):
+    decode_pad_keeps_caches(Case(1, pos, 4, 2, 48, 1100, torch.float64), ref.decode_attention, "cpu")
+
+
+def test_ops_on_cpu_run_the_reference_with_pads():
+    x = with_pads(make(Case(17, 3, 4, 2, 48, 60, torch.float32), "cpu"), 15)
+    args = [x[n] for n in ("q", "k", "v")]
+    kc1, vc1, kc2, vc2 = (x[n].clone() for n in ("k_cache", "v_cache", "k_cache", "v_cache"))
+    got = torch.ops.gdn.prefill_attention(*args, kc1, vc1, x["input_pos"])
+    want = ref.prefill_attention(*args, kc2, vc2, x["input_pos"])
+    assert torch.equal(got, want) and torch.equal(kc1.nan_to_num(), kc2.nan_to_num())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c,pads", [pytest.param(Case(n, s, 8, 2, 256, S, dt), pads, id=f"n{n}-pads{pads}-at{s}-{dt}")
+                                    for n, pads, s, S in ((1, 127, 0, 2048), (65, 63, 0, 2048), (1000, 24, 37, 2048),
+                                                          (17, 15, 28672, 32800), (4000, 96, 0, 4096))
+                                    for dt in (torch.bfloat16, torch.float32)])
+def test_prefill_pads_cuda(c, pads):
+    pads_match(c, pads, nan_out(triton_prefill.prefill_attention), "cuda", exact_to_unpadded=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("pos", [0, 1, 4225, 131072, 262143])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_decode_pad_cuda(pos, dt):
+    decode_pad_keeps_caches(Case(1, pos, 8, 2, 256, 262144, dt), nan_out(triton_decode.decode_attention), "cuda")
+
+
+@pytest.mark.cuda
+def test_ops_with_pads_equal_kernels_cuda():
+    x = with_pads(make(Case(65, 37, 8, 2, 256, 2048, torch.bfloat16), "cuda"), 63)
+    args = [x[n] for n in ("q", "k", "v")]
+    kc1, vc1, kc2, vc2 = (x[n].clone() for n in ("k_cache", "v_cache", "k_cache", "v_cache"))
+    want = triton_prefill.prefill_attention(*args, kc1, vc1, x["input_pos"])
+    got = torch.ops.gdn.prefill_attention(*args, kc2, vc2, x["input_pos"])
+    assert torch.equal(got, want)
+    assert torch.equal(kc1.nan_to_num(), kc2.nan_to_num()) and torch.equal(vc1.nan_to_num(), vc2.nan_to_num())

@@ -1,6 +1,7 @@
 """kernels/attention/cpu.py, the dense attention of CPU decode (its `attend` at any T), against the dense float64 oracle of
 tests/test_attention.py: fresh random inputs, caches NaN from the first unwritten position on, odd lengths,
-prefixes, GQA groups, float64 / float32 / bfloat16; the caches it leaves must equal the written ones exactly."""
+prefixes, GQA groups, float64 / float32 / bfloat16; the caches it leaves must equal the written ones exactly.
+Pads (input_pos -1) as in tests/test_attention.py: nothing written, pad rows 0, real rows as without them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from gdn.kernels.attention import cpu, reference
-from test_attention import Case, check, make, oracle, params
+from test_attention import Case, check, decode_pad_keeps_caches, make, oracle, pad_params, pads_match, params
 
 f64, f32, bf16 = torch.float64, torch.float32, torch.bfloat16
 CASES = (
@@ -50,3 +51,14 @@ def test_cpu_attention_agrees_with_the_reference_over_chunk_edges():
     a = dense_prefill(*(x[n].clone() for n in ("q", "k", "v", "k_cache", "v_cache", "input_pos")))
     b = reference.prefill_attention(*(x[n].clone() for n in ("q", "k", "v", "k_cache", "v_cache", "input_pos")))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c,pads", pad_params((torch.float64, torch.float32)))
+def test_cpu_attention_pads(c, pads):
+    pads_match(c, pads, dense_prefill, "cpu", exact_to_unpadded=False)
+
+
+@pytest.mark.parametrize("pos", [0, 1, 1099])
+@pytest.mark.parametrize("dt", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_cpu_decode_pad(pos, dt):
+    decode_pad_keeps_caches(Case(1, pos, 4, 2, 48, 1100, dt), cpu.decode_attention, "cpu")

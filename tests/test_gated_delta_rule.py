@@ -328,3 +328,124 @@ def test_reference_chunk_on_the_trained_models_keys():
     state = torch.zeros_like(gdn.recurrent_state)
     o = ref.chunk_gated_delta_rule(seen["q"], seen["k"], seen["v"], seen["g"], seen["beta"], state, torch.tensor([True]))
     assert rel_rms(o, o64) < TOL[torch.float32]["o"], f"o rel rms {rel_rms(o, o64):.2e}"
+
+
+# ---------------------------------------------------------------- pads: tokens that change no state
+# The model marks a prefill pad (rows n .. T-1, input_pos -1) with q = k = v = 0 (the conv zeroes its rows) and
+# g = beta = 0; a decode pad with count 0 (the decode op's optional argument), which selects g = beta = 0 and k = 0
+# over whatever the inputs hold. Then exp(g) = 1 and the write k (beta (v - S^T k)) is exactly 0, so the state
+# ends bit-equal to the call without the pads, in the Triton kernels (a partly padded chunk is the same arithmetic
+# as a masked one, an all-pad chunk S * 1 + 0) and the references, and the real rows of o are bit-equal to the
+# unpadded call's (the kernels: same tiles at any T).
+
+def as_pads(x: dict, n: int) -> dict:
+    """x with its rows n .. T-1 turned into pads, as the model sends them."""
+    def pad(name, value):
+        t = x[name].clone()
+        t[:, n:] = value
+        return t
+
+    return {**x, **{name: pad(name, 0.0) for name in ("q", "k", "v", "g", "beta")}}
+
+
+def first(x: dict, n: int) -> dict:
+    return {name: t[:, :n] if name in ("q", "k", "v", "g", "beta", "a", "b") else t for name, t in x.items()}
+
+
+def chunk_pads_match(c: Case, n: int, device: str) -> None:
+    """c.T tokens of which the last c.T - n are pads, against the n-token call (bit-equal) and float64."""
+    x = as_pads(make(c, device), n)
+    s_pad, s_plain = x["state"].clone(), x["state"].clone()
+    o = run_chunk(x, False, s_pad)
+    want = run_chunk(first(x, n), False, s_plain)
+    assert torch.equal(s_pad, s_plain), "the pads changed the state"
+    assert torch.equal(o[:, :n], want), "the real rows differ from the unpadded call"
+    assert torch.equal(o[:, n:], torch.zeros_like(o[:, n:])), "a pad's o is not 0"
+    o64, s64 = truth(first(x, n), gates="given")
+    check(c, o[:, :n], s_pad, o64, s64)
+
+
+PAD_CHUNKS = ((2, 1), (16, 15), (32, 17), (64, 63), (128, 65), (128, 64), (128, 1), (200, 3))
+
+
+@interpreted
+@pytest.mark.parametrize("T,n", PAD_CHUNKS, ids=[f"T{t}-n{n}" for t, n in PAD_CHUNKS])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chunk_pads_cpu(T, n, dt):
+    chunk_pads_match(Case(T, 2, 4, 16, 16, dt, "rand"), n, "cpu")
+
+
+@pytest.mark.parametrize("T,n", PAD_CHUNKS, ids=[f"T{t}-n{n}" for t, n in PAD_CHUNKS])
+def test_float64_recurrence_pads(T, n):
+    """The spec's arithmetic in float64: a pad step is S * exp(0) + 0 k^T (...), the state exactly unchanged."""
+    x = {k: v.double() if v.is_floating_point() else v for k, v in as_pads(make(Case(T, 2, 4, 8, 12, torch.float32,
+                                                                                      "rand"), "cpu"), n).items()}
+    o, s = truth(x, gates="given")
+    want_o, want_s = truth(first(x, n), gates="given")
+    assert torch.equal(s, want_s) and torch.equal(o[:, :n], want_o) and not o[:, n:].any()
+
+
+@pytest.mark.parametrize("kind", ["reference", "cpu"])
+@pytest.mark.parametrize("T,n", PAD_CHUNKS, ids=[f"T{t}-n{n}" for t, n in PAD_CHUNKS])
+def test_reference_chunk_pads(T, n, kind):
+    """The CPU kernels (float32 inside): cpu.py's state bit-equal to the unpadded call's (it pads to whole chunks
+    with the same zeros, so its chunks are the same arithmetic); the reference's within float32 rounding of it
+    (its last chunk is shorter without the pads), and the real rows of o too (elementwise ops at another length)."""
+    from gdn.kernels.gated_delta_rule import cpu
+
+    fn = {"reference": ref.chunk_gated_delta_rule, "cpu": cpu.chunk_gated_delta_rule}[kind]
+    x = as_pads(make(Case(T, 2, 4, 8, 12, torch.float32, "rand"), "cpu"), n)
+    no = torch.tensor([False])
+    s_pad, s_plain = x["state"].clone(), x["state"].clone()
+    o = fn(x["q"], x["k"], x["v"], x["g"], x["beta"], s_pad, no)
+    want = fn(*(x[k][:, :n] for k in ("q", "k", "v", "g", "beta")), s_plain, no)
+    tol = 1e-6
+    if kind == "cpu":
+        assert torch.equal(s_pad, s_plain), "the pads changed the state"
+    torch.testing.assert_close(s_pad, s_plain, rtol=tol, atol=tol)
+    torch.testing.assert_close(o[:, :n], want, rtol=tol, atol=tol)
+    assert torch.equal(o[:, n:], torch.zeros_like(o[:, n:]))
+
+
+def decode_pad_keeps_state(c: Case, device: str, fn) -> None:
+    """count 0: the state bit-equal, with NaN inputs (o unspecified) and with the model's zero q, k, v (o 0)."""
+    x = make(c, device)
+    no, zero = torch.tensor([False], device=device), torch.tensor([0], device=device)
+    for garbage in (float("nan"), 0.0):
+        y = {n: torch.full_like(x[n], garbage) for n in ("q", "k", "v")}
+        y.update({n: torch.full_like(x[n], float("nan")) for n in ("a", "b")})
+        s = x["state"].clone()
+        o = fn(y["q"], y["k"], y["v"], y["a"], y["b"], x["A_log"], x["dt_bias"], s, no, zero)
+        assert torch.equal(s, x["state"]), "a decode pad changed the state"
+        if garbage == 0.0:
+            assert torch.equal(o, torch.zeros_like(o))
+    # count 1: the plain step
+    s1, s2 = x["state"].clone(), x["state"].clone()
+    args = [x[n] for n in ("q", "k", "v", "a", "b", "A_log", "dt_bias")]
+    assert torch.equal(fn(*args, s1, no, torch.tensor([1], device=device)), fn(*args, s2, no))
+    assert torch.equal(s1, s2)
+
+
+@interpreted
+@pytest.mark.parametrize("c", params(CPU_DECODE))
+def test_decode_pad_cpu(c):
+    decode_pad_keeps_state(c, "cpu", triton_decode.recurrent_gated_delta_rule)
+
+
+@pytest.mark.parametrize("c", params(CPU_DECODE))
+def test_reference_decode_pad(c):
+    decode_pad_keeps_state(c, "cpu", ref.recurrent_gated_delta_rule)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("T,n", PAD_CHUNKS + ((4096, 4000), (1024, 1)), ids=[f"T{t}-n{n}" for t, n in PAD_CHUNKS] +
+                         ["T4096-n4000", "T1024-n1"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chunk_pads_cuda(T, n, dt):
+    chunk_pads_match(Case(T, 16, 32, 128, 128, dt, "rand"), n, "cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("c", params(GPU_DECODE))
+def test_decode_pad_cuda(c):
+    decode_pad_keeps_state(c, "cuda", triton_decode.recurrent_gated_delta_rule)

@@ -7,15 +7,16 @@ One dense softmax over every cache position instead of the reference's loop over
 (XNNPACK; bmm, never @, whose batch broadcasting copies the whole cache in the edge dialect), a softmax over
 the last dim and a few elementwise ops per call, so the traced program stays small whatever max_seq_len is.
 Entries past the last position in use are masked in the scores and zeroed in the values, so stale ones, NaN
-included, never reach the output. Computed in float32 (float64 inputs: float64). Each call still reads the
-whole cache: its work grows with max_seq_len, not with the positions in use.
+included, never reach the output. A pad (input_pos -1) sees no key; its row is set to 0 (reference.py).
+Computed in float32 (float64 inputs: float64). Each call still reads the whole cache: its work grows with
+max_seq_len, not with the positions in use.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .reference import check_args, write_cache
+from .reference import check_args, pad_rows_zero, write_cache
 
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -32,10 +33,10 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_
     s = torch.where(visible, torch.bmm(qh, k_cache.to(ct).transpose(1, 2)), float("-inf"))  # [Hkv, G T, S]
     p = torch.softmax(s, dim=-1)
     # a select, not a product (0 x NaN is NaN), over a [1, S, 1] mask: cheaper than masked_fill's expanded [S, D]
-    keep = (keys <= input_pos[-1:])[None, :, None]
+    keep = (keys <= input_pos.amax(0, keepdim=True))[None, :, None]
     v = torch.where(keep, v_cache.to(ct), torch.zeros((), dtype=ct))  # [Hkv, S, D]
     o = torch.bmm(p, v)  # [Hkv, G T, D]
-    return o.reshape(Hkv, G, T, D).permute(2, 0, 1, 3).reshape(T, H, D).to(q.dtype)
+    return pad_rows_zero(o.reshape(Hkv, G, T, D).permute(2, 0, 1, 3).reshape(T, H, D), input_pos).to(q.dtype)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,

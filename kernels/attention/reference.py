@@ -9,6 +9,10 @@ q [T, H, D]; k, v [T, Hkv, D] (the chunk's keys and values, already normed and r
 written into the caches at input_pos (in place: the caches are mutated), then query i attends to cache positions
 0 .. input_pos[i] with scale D ** -0.5; query head h reads KV head h // (H // Hkv). out [T, H, D] in q's dtype.
 
+Pads: a token with input_pos -1 is a pad, and pads come after the real tokens (prefill), or are the one token
+(a decode no-op). A pad writes nothing into the caches, its output row is 0, and nothing of it (q, k, v: garbage,
+NaN included) reaches a real row; the real rows are those of the call without the pads.
+
 Here the keys are visited in static chunks of KEY_CHUNK cache positions with an online softmax, so no tensor grows
 with T x S; it is computed in float32 (float64 inputs: float64). The chunk loop covers the whole cache (its count
 is static, S / KEY_CHUNK); cache entries past the last position in use are masked out, so stale ones, NaN
@@ -51,9 +55,17 @@ def check_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch
 def write_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 input_pos: torch.Tensor) -> None:
     """k, v [T, Hkv, D] into the caches at input_pos, in place: index_put_, the op whose functional form
-    ExecuTorch's reinplace pass turns back into an in-place write (no copy of the cache in CPU programs)."""
-    torch.ops.aten.index_put_(k_cache, [None, input_pos], k.transpose(0, 1))
-    torch.ops.aten.index_put_(v_cache, [None, input_pos], v.transpose(0, 1))
+    ExecuTorch's reinplace pass turns back into an in-place write (no copy of the cache in CPU programs).
+    index_put_ cannot skip a row, so pad t (input_pos -1) writes back the value its slot already holds, at
+    (max(input_pos[0], 0) + t) mod S: a slot no real token of the call writes while T <= S (no duplicate index)."""
+    T, S = input_pos.shape[0], k_cache.shape[1]
+    valid = (input_pos >= 0)[:, None, None]  # [T, 1, 1]
+    # a non-negative dividend: ExecuTorch's integer remainder of a negative one is negative
+    spare = torch.remainder(input_pos[:1].clamp(min=0) + torch.arange(T, device=input_pos.device), S)  # [T]
+    slots = torch.where(valid[:, 0, 0], input_pos, spare)
+    for new, cache in ((k, k_cache), (v, v_cache)):
+        old = cache.index_select(1, slots).transpose(0, 1)  # [T, Hkv, D]
+        torch.ops.aten.index_put_(cache, [None, slots], torch.where(valid, new, old).transpose(0, 1))
 
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -62,11 +74,11 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_
     Hkv, S = k_cache.shape[0], k_cache.shape[1]
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     qh = q.to(ct).reshape(T, Hkv, H // Hkv, D).permute(1, 2, 0, 3) * D**-0.5  # [Hkv, G, T, D]
-    last = input_pos[-1:]  # [1]: entries past it are stale
+    last = input_pos.amax(0, keepdim=True)  # [1]: entries past the last real position are stale
     m = torch.full((Hkv, H // Hkv, T, 1), float("-inf"), dtype=ct, device=q.device)
     l = torch.zeros_like(m)
     acc = torch.zeros_like(qh)
-    # position 0, in the first chunk, is visible to every query: m is finite from the first chunk on
+    # position 0, in the first chunk, is visible to every real query: its m is finite from the first chunk on
     for c in range(0, S, KEY_CHUNK):
         n = min(KEY_CHUNK, S - c)
         keys = torch.arange(c, c + n, device=q.device)  # [n]
@@ -81,7 +93,12 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_
         l = l * alpha + p.sum(-1, keepdim=True)
         acc = acc * alpha + p @ vc
         m = m_new
-    return (acc / l).permute(2, 0, 1, 3).reshape(T, H, D).to(q.dtype)
+    return pad_rows_zero((acc / l).permute(2, 0, 1, 3).reshape(T, H, D), input_pos).to(q.dtype)
+
+
+def pad_rows_zero(out: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """out [T, H, D] with the pads' rows 0: a pad sees no key, and its softmax over nothing is NaN."""
+    return torch.where((input_pos >= 0)[:, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,

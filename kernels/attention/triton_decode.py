@@ -5,6 +5,7 @@
    (a multiple of BN, from pos), and program (hk, j) folds range j into a float32 partial (m, l, acc) for all G
    query heads of KV head hk at once. The new token is never read back from the cache: program j = 0 starts
    from it (its k, v from the inputs) and writes it to the cache at pos, a position no program reads in this call.
+   A pad (pos -1) reads and writes no cache entry and leaves range 0 a partial of output 0.
 2. `_combine_kernel`, grid (H, D / BDC): merges the partials of the ranges in use into out.
 Work and reads grow with pos, not S; NSPLIT is static (from S and Hkv), so the grid is the same at every position.
 With `pdl` "on" (kernels/pdl.py) both kernels release their dependents at once and wait for the grid dependency
@@ -71,7 +72,8 @@ def _split_kernel(
     hk = tl.program_id(0)
     j = tl.program_id(1)
     pos = tl.load(pos_ptr).to(tl.int32)
-    in_cache = tl.minimum(pos, S)  # a position past the cache reads only the cache and writes nothing
+    real = pos >= 0  # a pad (-1) reads no cache entry, writes nothing and outputs 0
+    in_cache = tl.maximum(tl.minimum(pos, S), 0)  # a position past the cache reads only the cache and writes nothing
     span = _span(in_cache, NSPLIT, BN)
     lo = j * span
     hi = tl.minimum(lo + span, in_cache)
@@ -83,14 +85,15 @@ def _split_kernel(
     q = tl.load(q_ptr + heads[:, None] * s_qh + cd[None, :], mask=live[:, None] & dm[None, :], other=0.0)
     kn = tl.load(k_ptr + hk * s_kh + cd, mask=dm, other=0.0)  # [BD]: the new token
     vn = tl.load(v_ptr + hk * s_vh + cd, mask=dm, other=0.0)
-    first = j == 0
+    first = (j == 0) & real
     kc = kc_ptr + hk * s_ch
     vc = vc_ptr + hk * s_ch
     tl.store(kc + pos * D + cd, kn, mask=dm & first & (pos < S))
     tl.store(vc + pos * D + cd, vn, mask=dm & first & (pos < S))
     s_new = tl.sum(q.to(tl.float32) * kn.to(tl.float32)[None, :], 1) * QK_SCALE  # [BG]
-    m = tl.where(first, s_new, float("-inf"))
-    l = tl.where(first, 1.0, 0.0) + tl.zeros([BG], dtype=tl.float32)
+    # range 0 of a pad: m 0, l 1, acc 0 (its q, k, v never enter), so the combine writes 0
+    m = tl.where(first, s_new, tl.where(j == 0, 0.0, float("-inf")))
+    l = tl.where(j == 0, 1.0, 0.0) + tl.zeros([BG], dtype=tl.float32)
     acc = tl.where(first, vn.to(tl.float32)[None, :] + tl.zeros([BG, BD], dtype=tl.float32), 0.0)  # [BG, BD]
     rn = tl.arange(0, BN)
     offs = rn[:, None] * D + cd[None, :]  # [BN, BD]: a block's rows from its first key
@@ -101,7 +104,7 @@ def _split_kernel(
     part = heads * NSPLIT + j  # [BG]: partials are [H, NSPLIT] (and [H, NSPLIT, D])
     tl.store(m_ptr + part, m, mask=live)
     tl.store(l_ptr + part, l, mask=live)
-    used = first | (lo < hi)  # ranges past the positions in use leave their acc unwritten
+    used = (j == 0) | (lo < hi)  # ranges past the positions in use leave their acc unwritten
     tl.store(acc_ptr + part[:, None] * D + cd[None, :], acc, mask=(live & used)[:, None] & dm[None, :])
 
 
@@ -115,7 +118,7 @@ def _combine_kernel(
     grid_wait(GDC)  # the partials are the split kernel's output
     h = tl.program_id(0)
     cd = tl.program_id(1) * BDC + tl.arange(0, BDC)
-    in_cache = tl.minimum(tl.load(pos_ptr).to(tl.int32), S)
+    in_cache = tl.maximum(tl.minimum(tl.load(pos_ptr).to(tl.int32), S), 0)
     span = _span(in_cache, NSPLIT, BN)
     # ranges that held keys, and range 0 (the new token) always
     used = tl.maximum(tl.cdiv(in_cache, tl.maximum(span, 1)), 1)

@@ -3,9 +3,11 @@
 1. `_write_kernel`, grid (T / 16, Hkv): the chunk's k, v rows into the caches at input_pos.
 2. `_prefill_kernel`, grid (T / BT, Hkv): causal flash attention of a tile of BT tokens x the G query heads of one
    KV head (BM = BT G rows, GQA packed: each K/V tile is loaded once for the whole group) against the cache. The
-   first position pos0 = input_pos[0] is read on the device; the tile's keys are [0, pos0 + last token]: blocks
-   below the tile's first position unmasked, the rest (the diagonal, a block or two) masked. Online softmax in
-   float32; nothing of size T x S exists, and the work grows with the positions in use, not with S.
+   tokens' positions are read on the device; the tile's keys are [0, its last position]: blocks below the tile's
+   first position unmasked, the rest (the diagonal, a block or two) masked. Online softmax in float32; nothing of
+   size T x S exists, and the work grows with the positions in use, not with S.
+Pads (input_pos -1, after the real tokens): the write kernel skips them; in the attention kernel a pad row reads
+key 0 alone (in use whenever the call has a real token) and stores 0, so a tile of pads costs one key block.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _write_kernel(
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     pos = tl.load(pos_ptr + t, mask=t < T, other=S).to(tl.int32)  # [BT]
     cd = tl.arange(0, BD)
-    ok = ((t < T) & (pos < S))[:, None] & (cd < D)[None, :]  # [BT, BD]: a position past the cache writes nothing
+    # [BT, BD]: a pad (position -1) or a position past the cache writes nothing
+    ok = ((t < T) & (pos >= 0) & (pos < S))[:, None] & (cd < D)[None, :]
     dst = hk * s_ch + pos[:, None] * D + cd[None, :]
     tl.store(kc_ptr + dst, tl.load(k_ptr + t[:, None] * s_kt + hk * s_kh + cd[None, :], mask=ok), mask=ok)
     tl.store(vc_ptr + dst, tl.load(v_ptr + t[:, None] * s_vt + hk * s_vh + cd[None, :], mask=ok), mask=ok)
@@ -77,14 +80,15 @@ def _prefill_kernel(
     live = (r < BT * G) & (tok < T)
     cd = tl.arange(0, BD)  # D padded to a power of two; padding loads zeros
     dm = cd < D
-    pos0 = tl.load(pos_ptr).to(tl.int32)
-    qpos = pos0 + tok
+    tpos = tl.load(pos_ptr + tok, mask=live, other=0).to(tl.int32)  # [BM]
+    real = tpos >= 0
+    qpos = tl.where(real, tpos, 0)  # a pad row sees key 0 only (its output is replaced by 0)
     q = tl.load(q_ptr + tok[:, None] * s_qt + (hk * G + r % G)[:, None] * s_qh + cd[None, :],
                 mask=live[:, None] & dm[None, :], other=0.0)  # [BM, BD]
     # keys [0, hi): up to the tile's last token; entries past it may be stale and are never loaded
-    hi = tl.minimum(pos0 + tl.minimum(i_t * BT + BT, T), S)
-    # keys below the tile's first position are visible to all its rows
-    split = (pos0 + i_t * BT) // BN * BN
+    hi = tl.minimum(tl.max(qpos, 0) + 1, S)
+    # keys below the tile's first position are visible to all its rows (below 0 with a pad among them)
+    split = tl.min(tl.where(live, qpos, S), 0) // BN * BN
     rn = tl.arange(0, BN)
     offs = rn[:, None] * D + cd[None, :]  # [BN, BD]: a block's rows from its first key
     kc = kc_ptr + hk * s_ch
@@ -100,7 +104,7 @@ def _prefill_kernel(
         k, v = load_kv(kc + n * D, vc + n * D, offs, kin, cd, D, True)  # [BN, BD]
         visible = (rn[None, :] <= (qpos - n)[:, None]) & kin[None, :]  # [BM, BN]
         acc, m, l = update(acc, m, l, q, k, v, QK_SCALE, visible, True, UPCAST)
-    o = acc / l[:, None]
+    o = tl.where(real[:, None], acc / l[:, None], 0.0)
     tl.store(o_ptr + tok[:, None] * s_ot + (hk * G + r % G)[:, None] * s_oh + cd[None, :],
              o.to(o_ptr.dtype.element_ty), mask=live[:, None] & dm[None, :])
 

@@ -5,7 +5,8 @@ the Triton kernels inside and compiles them into the artifact. `triton_op` regis
 the fake (meta) implementation: it only allocates outputs, and the wrapped launches are no-ops on fake
 tensors. The CPU kernel is the plain-PyTorch reference. CPU artifacts call the references directly
 (kernels="reference"): the ExecuTorch CPU runtime has no kernels for custom ops.
-The state argument is declared mutated; the kernels update it in place.
+The state argument is declared mutated; the kernels update it in place. The decode op's optional `count`
+([1] int64 on the device) marks a pad when 0: the step then changes no state (reference.py).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def recurrent_gated_delta_rule(
     dt_bias: torch.Tensor,
     state: torch.Tensor,
     reset: torch.Tensor,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return triton_decode.recurrent_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, state, reset)
+    return triton_decode.recurrent_gated_delta_rule(q, k, v, a, b, A_log, dt_bias, state, reset, count)
 
 
 chunk_gated_delta_rule.register_kernel("cpu")(reference.chunk_gated_delta_rule)

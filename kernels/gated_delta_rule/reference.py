@@ -134,12 +134,18 @@ def recurrent_gated_delta_rule(
     dt_bias: torch.Tensor,
     state: torch.Tensor,
     reset: torch.Tensor,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode, one token, gates computed from the raw projections. q, k [1, 1, Hk, K]; v [1, 1, Hv, V];
-    a, b [1, 1, Hv]; A_log, dt_bias [Hv]; state [1, Hv, K, V] float32 (updated in place); reset [1] bool.
-    Returns o [1, 1, Hv, V] in v's dtype."""
+    a, b [1, 1, Hv]; A_log, dt_bias [Hv]; state [1, Hv, K, V] float32 (updated in place); reset [1] bool;
+    count [1] int64 or None: 0 makes the token a pad, g = beta = 0 and k = v = 0 selected over whatever its
+    inputs hold, so the state stays bit-equal. Returns o [1, 1, Hv, V] in v's dtype."""
     g, beta = gates(a, b, A_log, dt_bias)
     qh, kh, vh = _heads(q, k, v)  # [Hv, 1, K], [Hv, 1, K], [Hv, 1, V]
+    if count is not None:
+        real = count > 0  # [1]
+        g, beta = torch.where(real, g, 0.0), torch.where(real, beta, 0.0)
+        kh, vh = torch.where(real, kh, 0.0), torch.where(real, vh, 0.0)
     s = torch.where(reset, torch.zeros_like(state), state)[0].float()
     s = s * g[0, 0].exp()[:, None, None]
     kv = (kh.transpose(-1, -2) * s).sum(-2, keepdim=True)  # [Hv, 1, V]: S^T k

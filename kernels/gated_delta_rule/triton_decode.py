@@ -31,9 +31,9 @@ def check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: torch.
 
 @triton.jit
 def _recurrent_kernel(
-    q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, state_ptr, reset_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, state_ptr, reset_ptr, count_ptr, o_ptr,
     s_qh, s_kh, s_vh, s_ah, s_bh, s_oh,
-    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, COUNT: tl.constexpr,
 ):
     i_v = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -50,6 +50,12 @@ def _recurrent_kernel(
     softplus = tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
     g = -tl.exp(tl.load(alog_ptr + i_h).to(tl.float32)) * softplus
     beta = tl.sigmoid(tl.load(b_ptr + i_h * s_bh).to(tl.float32))
+    if COUNT:  # a pad (count 0): no decay and no write, whatever its inputs
+        real = tl.load(count_ptr) > 0
+        g = tl.where(real, g, 0.0)
+        beta = tl.where(real, beta, 0.0)
+        k = tl.where(real, k, 0.0)
+        v = tl.where(real, v, 0.0)
     offs = i_h * K * V + ck[:, None] * V + cv[None, :]  # [BK, BV]
     smask = kin[:, None] & vin[None, :]
     s = tl.load(state_ptr + offs, mask=smask, other=0.0)
@@ -71,6 +77,7 @@ def recurrent_gated_delta_rule(
     dt_bias: torch.Tensor,
     state: torch.Tensor,
     reset: torch.Tensor,
+    count: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.recurrent_gated_delta_rule`; `state` must be contiguous. `out` [1, 1, Hv, V],
@@ -83,8 +90,8 @@ def recurrent_gated_delta_rule(
     BV = min(triton.next_power_of_2(V), BLOCK_V)
     o = torch.empty((1, 1, Hv, V), dtype=v.dtype, device=v.device) if out is None else out
     launcher(_recurrent_kernel)[((V + BV - 1) // BV, Hv)](
-        q, k, v, a, b, A_log, dt_bias, state, reset, o,
+        q, k, v, a, b, A_log, dt_bias, state, reset, reset if count is None else count, o,
         q.stride(2), k.stride(2), v.stride(2), a.stride(2), b.stride(2), o.stride(2),
-        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV, num_warps=WARPS,
+        GROUP=Hv // Hk, K=K, V=V, BK=triton.next_power_of_2(K), BV=BV, num_warps=WARPS, COUNT=count is not None,
     )
     return o
