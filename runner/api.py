@@ -26,7 +26,8 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 import torch
 
 from .errors import ContextFullError, InputError
-from .loop import DecodeLoop, prefill
+from .loop import DecodeLoop
+from .prefill_graphs import PrefillGraphs
 from .methods import Methods
 from .sampling import SamplingParams
 from .session import Prompt, Session, user_message
@@ -57,6 +58,7 @@ class Runner:
         self.chat_template = _chat_template(meta, self.tokenizer)
         self.stop_ids = frozenset(meta.stop_token_ids) | frozenset(meta.eos_token_ids)
         self._loop = DecodeLoop(methods, meta.vocab_size, cuda_graph=self.cuda_graph, warmup=warmup)
+        self._prefill = PrefillGraphs(methods, meta.max_prefill_chunk, cuda_graph=self.cuda_graph, warmup=warmup)
         self._held: list[int] = []  # the ids whose effect the model state holds, from position 0
         self._busy = threading.Lock()
 
@@ -195,7 +197,7 @@ class Runner:
             t.prompt_tokens = len(ids) - start
             t0 = time.perf_counter()
             try:
-                token = self._loop.start(prefill(self.methods, ids[start:], start, self.prefill_chunk), len(ids))
+                token = self._loop.start(self._prefill(ids[start:], start), len(ids))
                 t.prefill_s = time.perf_counter() - t0
                 while True:
                     out.append(token)
@@ -216,6 +218,7 @@ class Runner:
                               else "max_new_tokens" if len(out) == max_new_tokens else "context_full")
         result.text = stops.text if stops.hit is not None else self.text(out)
         result.decode_path, result.graph = self._loop.path, self.graph_counters
+        result.prefill_path, result.prefill_graph = self._prefill.path, self._prefill.counters
         return result
 
     def _reusable(self, ids: list[int]) -> int:

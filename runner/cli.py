@@ -55,13 +55,14 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None, prompt_ids: str |
 def _stats_line(result, runner, ready_s: float | None) -> str:
     t = result.timings
     ready = f", process start to ready {ready_s:.2f} s" if ready_s is not None else ""
-    g = result.graph
+    g, p = result.graph, result.prefill_graph
     return (
         f"load {runner.load_s:.2f} s{ready} | prefill {t.prompt_tokens} tokens, {t.prefill_tokens_per_s:.1f} tok/s"
         f" | time to first token {t.prefill_s * 1e3:.1f} ms | decode {t.generated_tokens} tokens,"
         f" {t.decode_tokens_per_s:.1f} tok/s | decode path {result.decode_path} (eager calls"
         f" {g.get('eager_calls', 0)}, captures {g.get('captures', 0)}, replays {g.get('replays', 0)})"
-        f" | weights {runner.meta.weights_label()}"
+        f" | prefill path {result.prefill_path} (eager calls {p.get('eager_calls', 0)}, captures"
+        f" {p.get('captures', 0)}, replays {p.get('replays', 0)}) | weights {runner.meta.weights_label()}"
     )
 
 

@@ -3,15 +3,15 @@
 `GraphedStep(step, deps)` runs `step()` (a function of static device buffers only, returning nothing)
 eagerly `warmup` times so lazy initialisation (allocator growth, library handles, AOTInductor's first
 run) happens outside capture; the next call records `step` into a `torch.cuda.CUDAGraph` on a side
-stream with a private memory pool and then replays it, which performs that call; every later call only
-replays. `deps()` returns a hashable fingerprint of everything the graph reads that is decided outside
-it (buffer addresses, sampler structure): it is checked before every replay, and a change sends the
-machine back to capture instead of replaying a stale graph. Warmup happens once (what it initialises
-stays initialised): a re-capture records directly. If capture fails the machine falls back to eager calls
-for good and records why.
+stream with a private memory pool (or `pool`, shared by graphs that never run at once) and then
+replays it, which performs that call; every later call only replays. `deps()` returns a hashable
+fingerprint of everything the graph reads that is decided outside it (buffer addresses, sampler
+structure): it is checked before every replay, and a change sends the machine back to capture instead
+of replaying a stale graph. Warmup happens once (what it initialises stays initialised): a re-capture
+records directly. If capture fails the machine falls back to eager calls for good and records why.
 
 States: EAGER (disabled or fallen back) | WARMUP | READY (captured, replaying).
-Not thread-safe: one GraphedStep belongs to one decode loop.
+Not thread-safe: one GraphedStep belongs to one loop (the decode step, or one prefill bucket).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class GraphedStep:
         enabled: bool = True,
         warmup: int = 3,
         capture_error_mode: str = "relaxed",
+        pool: tuple | None = None,
     ):
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1, got {warmup}")
@@ -58,6 +59,7 @@ class GraphedStep:
         self._stream: torch.cuda.Stream | None = None
         self._captured_deps: Hashable = None
         self._warm_calls = 0
+        self._shared_pool = pool  # a pool handle shared with other graphs that never run at the same time
 
     def __call__(self) -> None:
         if self.state is GraphState.READY and self.deps() != self._captured_deps:
@@ -83,7 +85,7 @@ class GraphedStep:
             self._warm_calls += 1
 
     def _capture(self) -> None:
-        graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+        graph, pool = torch.cuda.CUDAGraph(), self._shared_pool or torch.cuda.graph_pool_handle()
         stream = self._stream = self._stream or torch.cuda.Stream()
         deps = self.deps()
         current = torch.cuda.current_stream()

@@ -48,6 +48,8 @@ class GenerationResult:
     reused_tokens: int = 0  # tokens whose state was kept from the previous turn
     decode_path: str = "eager"  # "cuda_graph" | "warmup" (not captured yet) | "eager"; `graph` has the counts
     graph: dict = field(default_factory=dict)  # counters of the decode step's state machine
+    prefill_path: str = "eager"  # of the turn's last prefill chunk: "cuda_graph" | "warmup" | "eager"
+    prefill_graph: dict = field(default_factory=dict)  # counters of the prefill buckets' state machines, summed
     timings: Timings = field(default_factory=Timings)
 
     def as_dict(self) -> dict:
@@ -62,6 +64,8 @@ class GenerationResult:
             "reused_tokens": self.reused_tokens,
             "decode_path": self.decode_path,
             "graph": self.graph,
+            "prefill_path": self.prefill_path,
+            "prefill_graph": self.prefill_graph,
             "timings": self.timings.as_dict(),
         }
 

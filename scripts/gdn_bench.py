@@ -36,6 +36,7 @@ from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
 from gdn.export.progress import Progress
 from gdn.runner import Runner, SamplingParams
 from gdn.runner.loop import DecodeLoop, prefill
+from gdn.runner.prefill_graphs import PrefillGraphs
 
 import timing  # scripts/ is on sys.path when run as a script
 
@@ -65,8 +66,10 @@ class Result:
     export_s: float | None = None
     artifact_bytes: int = 0
     load_s: float = 0.0
-    ttft_ms: float = 0.0
-    prefill_tok_s: dict = field(default_factory=dict)
+    ttft_ms: float = 0.0  # the Runner's first turns: prefill eager (before its bucket's graph is captured)
+    ttft_ms_graph: float = 0.0  # the same prompt once its bucket's prefill graph replays
+    prefill_tok_s: dict = field(default_factory=dict)  # eager prefill
+    prefill_tok_s_graph: dict = field(default_factory=dict)  # through the prefill graphs (buckets up to the chunk)
     decode_tok_s_graph: float = 0.0
     decode_tok_s_eager: float = 0.0
     max_seq_len: int = 0
@@ -197,11 +200,17 @@ def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype
 
 
 def time_prefill(runner: Runner, ids: list[int], prompts: list[int], r: Result) -> None:
-    """Prefill tok/s from position 0 (median of 3 runs; 1 run from 16k tokens up, where one run takes seconds)."""
+    """Prefill tok/s from position 0, eager and through the prefill graphs (after one warmup call and the
+    capture): median of 3 runs; 1 run from 16k tokens up, where one run takes seconds."""
+    graphs = PrefillGraphs(runner.methods, runner.prefill_chunk, cuda_graph=True, warmup=1)
     for n in prompts:
         if n + NEW_TOKENS < runner.max_seq_len:
-            ms = cuda_ms(lambda: prefill(runner.methods, ids[:n], 0, runner.prefill_chunk), 3 if n < 16384 else 1)
+            runs = 3 if n < 16384 else 1
+            ms = cuda_ms(lambda: prefill(runner.methods, ids[:n], 0, runner.prefill_chunk), runs)
             r.prefill_tok_s[n] = n / (ms / 1e3)
+            for _ in range(2):
+                graphs(ids[:n], 0)
+            r.prefill_tok_s_graph[n] = n / (cuda_ms(lambda: graphs(ids[:n], 0), runs) / 1e3)
 
 
 def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result,
@@ -225,9 +234,12 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     ids = torch.randint(3, vocab, (max(prompts + [128]),), generator=g).tolist()
     r.max_seq_len = runner.max_seq_len
     time_prefill(runner, ids, prompts, r)
-    r.ttft_ms = statistics.median(
-        runner.generate(ids[:128], max_new_tokens=1, sampling=GREEDY).timings.prefill_s * 1e3
-        for _ in range(3))
+    def ttft_ms() -> float:
+        return runner.generate(ids[:128], max_new_tokens=1, sampling=GREEDY).timings.prefill_s * 1e3
+
+    r.ttft_ms = statistics.median(ttft_ms() for _ in range(3))  # the Runner's 3 warmup calls of bucket 128
+    ttft_ms()  # the capture
+    r.ttft_ms_graph = statistics.median(ttft_ms() for _ in range(3))
     r.decode_tok_s_eager = time_decode(runner, ids[:128], graph=False)
     r.decode_tok_s_graph = time_decode(runner, ids[:128], graph=True)
     state = state_bytes(runner)
@@ -316,6 +328,9 @@ def table(results: list[Result], bw: float) -> str:
                     f"{r.decode_tok_s_graph / peer:6.1f} {comp:8.1f} {r.decode_tok_s_graph / comp:6.1f} "
                     f"{r.peak_gpu_bytes / 1e9 if r.peak_gpu_bytes else float('nan'):7.2f}")
     for r in results:
+        graphed = " ".join(f"{n}: {v:.0f}" for n, v in sorted(r.prefill_tok_s_graph.items()))
+        rows.append(f"{r.model}: time to first token (128 tokens) {r.ttft_ms:.2f} ms eager, {r.ttft_ms_graph:.2f} ms "
+                    f"graphed; prefill tok/s graphed {graphed}")
         for pos, tok_s in sorted(r.decode_at.items()):
             limit = bw / r.limit_at[pos]
             rows.append(f"{r.model} (max_seq_len {r.max_seq_len}) decode at position {pos}: {tok_s:.1f} tok/s, "
@@ -364,6 +379,7 @@ def load_results(paths: list[Path]) -> tuple[dict, float, list[Result]]:
         for row in rep["results"]:
             r = Result(**{k: v for k, v in row.items() if k in known})
             r.prefill_tok_s = {int(k): v for k, v in r.prefill_tok_s.items()}
+            r.prefill_tok_s_graph = {int(k): v for k, v in r.prefill_tok_s_graph.items()}
             r.decode_at = {int(k): v for k, v in r.decode_at.items()}
             r.limit_at = {int(k): v for k, v in r.limit_at.items()}
             if "loaded_gpu_bytes" not in row:  # runs before the device-wide count measured torch's allocator only
