@@ -33,14 +33,12 @@ from .quant import QuantEmbedding, QuantLinear, QuantScheme, dense_weight, make_
 
 
 def project(layer: nn.Module, x: torch.Tensor, kernels: KernelSet, decode: bool, act: str = "none") -> torch.Tensor:
-    """layer(x) (an nn.Linear or a QuantLinear); one token (decode) through the mat-vec kernel, after `act`: a
-    GEMM template's grid is too small for one row at these widths (kernels/gemv/DESIGN.md). More tokens: the
-    layer itself (a QuantLinear dequantizes, then multiplies)."""
-    if not decode:
-        return layer(x)
+    """layer(x) (an nn.Linear or a QuantLinear). One token (decode): the mat-vec kernel, after `act` (a GEMM's
+    grid is too small for one row at these widths, kernels/gemv/DESIGN.md). More tokens: the set's GEMM (one
+    exported graph for every chunk length, kernels/gemm/DESIGN.md); a QuantLinear dequantizes, then multiplies."""
     if isinstance(layer, QuantLinear):
-        return kernels.qgemv(x, layer.qweight, layer.scales, layer.bits, layer.group, act)
-    return kernels.gemv(x, layer.weight, act)
+        return kernels.qgemv(x, layer.qweight, layer.scales, layer.bits, layer.group, act) if decode else layer(x)
+    return kernels.gemv(x, layer.weight, act) if decode else kernels.gemm(x, layer.weight)
 
 
 class RMSNorm(nn.Module):
@@ -58,12 +56,15 @@ class RMSNorm(nn.Module):
 def norm_project(x, delta, norm: RMSNorm, proj: nn.Module, kernels: KernelSet, decode: bool):
     """-> (r = x + delta, n = norm(r), proj(n)). One token in one kernel (the set's norm_gemv or norm_qgemv),
     which loads its weights while the kernel before it drains and leaves the add and the norm no kernel of their
-    own; more tokens as ATen ops (a quantized proj dequantized first), which Inductor fuses around its GEMM."""
-    ks = kernels if decode else REFERENCE
+    own; more tokens through the set's norm_gemm (the norm once per row, then the GEMM); a quantized proj as ATen
+    ops (dequantized first), which Inductor fuses around its matmul."""
     if isinstance(proj, QuantLinear):
+        ks = kernels if decode else REFERENCE
         y, r, n = ks.norm_qgemv(x, delta, norm.weight, norm.eps, proj.qweight, proj.scales, proj.bits, proj.group)
+    elif decode:
+        y, r, n = kernels.norm_gemv(x, delta, norm.weight, norm.eps, proj.weight)
     else:
-        y, r, n = ks.norm_gemv(x, delta, norm.weight, norm.eps, proj.weight)
+        y, r, n = kernels.norm_gemm(x, delta, norm.weight, norm.eps, proj.weight)
     return r, n, y
 
 

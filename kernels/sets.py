@@ -19,6 +19,8 @@ from .causal_conv1d import reference as _conv_ref
 from .gated_delta_rule import cpu as _gdr_cpu
 from .gated_delta_rule import op as _gdr_op
 from .gated_delta_rule import reference as _gdr_ref
+from .gemm import op as _gemm_op
+from .gemm import reference as _gemm_ref
 from .gemv import op as _gemv_op
 from .gemv import reference as _gemv_ref
 from .moe import cpu as _moe_cpu
@@ -40,6 +42,8 @@ class KernelSet:
     norm_qgemv: Callable
     prefill_attention: Callable
     decode_attention: Callable
+    gemm: Callable
+    norm_gemm: Callable
 
 
 REFERENCE = KernelSet(
@@ -54,6 +58,8 @@ REFERENCE = KernelSet(
     _qgemv_ref.norm_gemv,
     _attn_ref.prefill_attention,
     _attn_cpu.decode_attention,
+    _gemm_ref.gemm,
+    _gemm_ref.norm_gemm,
 )
 OPS = KernelSet(
     "ops",
@@ -67,5 +73,7 @@ OPS = KernelSet(
     _qgemv_op.norm_qgemv,
     _attn_op.prefill_attention,
     _attn_op.decode_attention,
+    _gemm_op.gemm,
+    _gemm_op.norm_gemm,
 )
 KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}
