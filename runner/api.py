@@ -36,6 +36,7 @@ from .stream import GenerationResult, TextStream
 from .tokenizer import ChatTemplate, StreamDecoder, Tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 256
+DECODE_BLOCK = 4  # decode steps per CUDA-graph replay: one host read and one launch per block
 
 
 class Runner:
@@ -47,23 +48,28 @@ class Runner:
         *,
         cuda_graph: bool | None = None,
         warmup: int = 3,
+        decode_block: int | None = None,
         load_s: float = 0.0,
     ):
         """`meta` is the artifact's Metadata; `cuda_graph` None means on for a CUDA device. On a CPU device the
-        decode step always runs eagerly (cuda_graph=True is ignored there)."""
+        decode step always runs eagerly (cuda_graph=True is ignored there). decode_block: decode steps per graph
+        replay (default DECODE_BLOCK with graphs, else 1)."""
         self.methods, self.meta, self.load_s = methods, meta, load_s
         self.device = torch.device(methods.device)
         self.cuda_graph = self.device.type == "cuda" and cuda_graph is not False
         self.tokenizer = Tokenizer(tokenizer_json) if tokenizer_json else None
         self.chat_template = _chat_template(meta, self.tokenizer)
         self.stop_ids = frozenset(meta.stop_token_ids) | frozenset(meta.eos_token_ids)
-        self._loop = DecodeLoop(methods, meta.vocab_size, cuda_graph=self.cuda_graph, warmup=warmup)
+        block = decode_block or (DECODE_BLOCK if self.cuda_graph else 1)
+        self._loop = DecodeLoop(methods, meta.vocab_size, cuda_graph=self.cuda_graph, warmup=warmup, block=block,
+                                max_stops=max(16, len(self.stop_ids)))
         self._prefill = PrefillGraphs(methods, meta.max_prefill_chunk, cuda_graph=self.cuda_graph, warmup=warmup)
         self._held: list[int] = []  # the ids whose effect the model state holds, from position 0
         self._busy = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path, *, cuda_graph: bool | None = None, warmup: int = 3) -> Runner:
+    def load(cls, path: str | Path, *, cuda_graph: bool | None = None, warmup: int = 3,
+             decode_block: int | None = None) -> Runner:
         """Open the artifact (ArtifactError on a bad one) and load its methods onto its backend's device."""
         from .artifact import Artifact
         from .methods import load_methods
@@ -72,7 +78,7 @@ class Runner:
         artifact = Artifact.open(path)
         methods = load_methods(artifact)
         return cls(methods, artifact.meta, artifact.tokenizer_json, cuda_graph=cuda_graph, warmup=warmup,
-                   load_s=time.perf_counter() - t0)
+                   decode_block=decode_block, load_s=time.perf_counter() - t0)
 
     @property
     def max_seq_len(self) -> int:
@@ -197,21 +203,23 @@ class Runner:
             t.prompt_tokens = len(ids) - start
             t0 = time.perf_counter()
             try:
-                token = self._loop.start(self._prefill(ids[start:], start), len(ids))
+                token = self._loop.start(self._prefill(ids[start:], start), len(ids), limit, self.stop_ids)
                 t.prefill_s = time.perf_counter() - t0
+                tokens = self._loop.tokens()
                 while True:
                     out.append(token)
                     t.generated_tokens = len(out)
                     yield token, stops.push(decoder.push(token)) if decoder and token not in self.stop_ids else ""
                     if token in self.stop_ids or stops.hit is not None or len(out) >= limit:
                         break
-                    token = self._loop.step()
+                    token = next(tokens)
                     t.decode_s = time.perf_counter() - t0 - t.prefill_s
                 tail = stops.push(decoder.flush()) + stops.flush() if decoder else ""
                 if tail:
                     yield -1, tail
-            finally:  # also when the stream is closed early: the state holds what ran
-                self._held = ids + out[:-1] if out else []
+            finally:  # also when the stream is closed early: the state holds every id fed, all emitted but the last
+                emitted = self._loop.finish()
+                self._held = ids + emitted[:-1] if out else []  # no id: the prefill failed, the state is unknown
                 if on_end is not None:
                     on_end(result)
         result.stop_reason = ("stop_token" if out[-1] in self.stop_ids else "stop_string" if stops.hit is not None

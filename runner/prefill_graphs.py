@@ -16,10 +16,9 @@ from typing import Sequence
 import torch
 
 from .cuda_graph import GraphCounters, GraphedStep, GraphState
-from .loop import prefill
+from .loop import PAD_POS, prefill
 from .methods import Methods
 
-PAD_POS = -1  # input_pos of a pad (the artifact's contract)
 PATHS = {GraphState.READY: "cuda_graph", GraphState.WARMUP: "warmup", GraphState.EAGER: "eager"}
 
 

@@ -35,6 +35,7 @@ import torch
 from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
 from gdn.export.progress import Progress
 from gdn.runner import Runner, SamplingParams
+from gdn.runner.api import DECODE_BLOCK
 from gdn.runner.loop import DecodeLoop, prefill
 from gdn.runner.prefill_graphs import PrefillGraphs
 
@@ -70,8 +71,9 @@ class Result:
     ttft_ms_graph: float = 0.0  # the same prompt once its bucket's prefill graph replays
     prefill_tok_s: dict = field(default_factory=dict)  # eager prefill
     prefill_tok_s_graph: dict = field(default_factory=dict)  # through the prefill graphs (buckets up to the chunk)
-    decode_tok_s_graph: float = 0.0
+    decode_tok_s_graph: float = 0.0  # blocks of DECODE_BLOCK steps per replay, as gdn-run decodes
     decode_tok_s_eager: float = 0.0
+    decode_by_block: dict = field(default_factory=dict)  # steps per replay -> graph decode tok/s
     max_seq_len: int = 0
     decode_at: dict = field(default_factory=dict)  # position -> graph decode tok/s (--positions)
     limit_at: dict = field(default_factory=dict)  # position -> memory-limit tok/s there
@@ -138,25 +140,26 @@ def state_bytes(runner: Runner) -> int:
     return sum(math.prod(s["shape"]) * sizes[s["dtype"]] for s in runner.meta.state if not s["name"].endswith("_cache"))
 
 
-def start_greedy(runner: Runner, loop: DecodeLoop, prompt: list[int]) -> None:
-    """Prefill `prompt` from position 0 and start `loop` (greedy, its default sampler) on its first token."""
-    loop.start(prefill(runner.methods, prompt, 0, runner.prefill_chunk), len(prompt))
+def start_greedy(runner: Runner, loop: DecodeLoop, prompt: list[int], at: int | None = None,
+                 limit: int = NEW_TOKENS) -> None:
+    """Prefill `prompt` from position 0 and start `loop` (greedy, its default sampler, no stop ids) on its first
+    token for a turn of `limit` ids; `at`: decode from that position instead of the prompt's end."""
+    loop.start(prefill(runner.methods, prompt, 0, runner.prefill_chunk), len(prompt) if at is None else at, limit)
     torch.cuda.synchronize()
 
 
-def time_decode(runner: Runner, prompt: list[int], graph: bool, at: int | None = None) -> float:
-    """Tokens/s over NEW_TOKENS greedy steps after a prefill (each step reads its token back, as gdn-run does);
-    the first run warms up (and captures the graph). `at`: decode from that position instead of the prompt's
-    end (the cache between holds what it holds; the attention reads positions 0..pos either way)."""
-    loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=graph)
+def time_decode(runner: Runner, prompt: list[int], graph: bool, at: int | None = None, block: int = 1) -> float:
+    """Tokens/s over NEW_TOKENS greedy ids after a prefill, streamed to the host as gdn-run does (blocks of
+    `block` steps, each read back while the next runs); the first run warms up (and captures the graph). `at`:
+    decode from that position instead of the prompt's end (the cache between holds what it holds; the attention
+    reads positions 0..pos either way)."""
+    loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=graph, block=block)
 
     def setup():
-        loop.start(prefill(runner.methods, prompt, 0, runner.prefill_chunk), len(prompt) if at is None else at)
-        torch.cuda.synchronize()
+        start_greedy(runner, loop, prompt, at)
 
     def steps():
-        for _ in range(NEW_TOKENS - 1):
-            loop.step()
+        assert sum(1 for _ in loop.tokens()) == NEW_TOKENS - 1
 
     us = timing.median_us(steps, iters=3, warmup=1, setup=setup)
     return (NEW_TOKENS - 1) / (us * 1e-6)
@@ -167,12 +170,13 @@ def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int 
     from torch.profiler import ProfilerActivity, profile
 
     loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=False)
-    start_greedy(runner, loop, prompt)
-    loop.step()
+    start_greedy(runner, loop, prompt, limit=steps + 3)
+    tokens = loop.tokens()
+    next(tokens)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            loop.step()
+            next(tokens)
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.device_time_total for e in events)
@@ -241,11 +245,13 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     ttft_ms()  # the capture
     r.ttft_ms_graph = statistics.median(ttft_ms() for _ in range(3))
     r.decode_tok_s_eager = time_decode(runner, ids[:128], graph=False)
-    r.decode_tok_s_graph = time_decode(runner, ids[:128], graph=True)
+    for k in sorted({1, DECODE_BLOCK, 2 * DECODE_BLOCK}):
+        r.decode_by_block[k] = time_decode(runner, ids[:128], graph=True, block=k)
+    r.decode_tok_s_graph = r.decode_by_block[DECODE_BLOCK]
     state = state_bytes(runner)
     for pos in positions:
         if pos + NEW_TOKENS < runner.max_seq_len:
-            r.decode_at[pos] = time_decode(runner, ids[:128], graph=True, at=pos)
+            r.decode_at[pos] = time_decode(runner, ids[:128], graph=True, at=pos, block=DECODE_BLOCK)
             r.limit_at[pos] = decode_bytes(runner.meta.config, runner.meta.dtype, pos + NEW_TOKENS // 2, state)
     r.peak_gpu_bytes = r.loaded_gpu_bytes - reserved0 + torch.cuda.max_memory_reserved()
     r.decode_profile = profile_decode(runner, ids[:128])
@@ -331,6 +337,8 @@ def table(results: list[Result], bw: float) -> str:
         graphed = " ".join(f"{n}: {v:.0f}" for n, v in sorted(r.prefill_tok_s_graph.items()))
         rows.append(f"{r.model}: time to first token (128 tokens) {r.ttft_ms:.2f} ms eager, {r.ttft_ms_graph:.2f} ms "
                     f"graphed; prefill tok/s graphed {graphed}")
+        blocks = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(r.decode_by_block.items()))
+        rows.append(f"{r.model}: graph decode tok/s by steps per replay {blocks}")
         for pos, tok_s in sorted(r.decode_at.items()):
             limit = bw / r.limit_at[pos]
             rows.append(f"{r.model} (max_seq_len {r.max_seq_len}) decode at position {pos}: {tok_s:.1f} tok/s, "
@@ -382,6 +390,7 @@ def load_results(paths: list[Path]) -> tuple[dict, float, list[Result]]:
             r.prefill_tok_s_graph = {int(k): v for k, v in r.prefill_tok_s_graph.items()}
             r.decode_at = {int(k): v for k, v in r.decode_at.items()}
             r.limit_at = {int(k): v for k, v in r.limit_at.items()}
+            r.decode_by_block = {int(k): v for k, v in r.decode_by_block.items()}
             if "loaded_gpu_bytes" not in row:  # runs before the device-wide count measured torch's allocator only
                 r.peak_gpu_bytes = 0
                 r.notes.append("GPU memory not measured")

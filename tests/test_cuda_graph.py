@@ -88,7 +88,8 @@ def test_graph_replay_gives_eager_tokens_for_200_plus_steps(eager_cuda, sampling
     assert g.generated_ids == e.generated_ids and len(g.generated_ids) == 230
     if sampling is GREEDY:
         assert g.generated_ids == greedy_reference(eager_cuda[0], prompt, 230)
-    assert g.decode_path == "cuda_graph" and g.graph == {"eager_calls": 3, "captures": 1, "replays": 226}
+    # 229 decode steps in blocks of 4: 3 warmup blocks, the capture, 54 more replays
+    assert g.decode_path == "cuda_graph" and g.graph == {"eager_calls": 3, "captures": 1, "replays": 55}
     assert e.decode_path == "eager" and e.graph == {"eager_calls": 229, "captures": 0, "replays": 0}
 
 
@@ -120,3 +121,18 @@ def test_a_new_sampling_structure_recaptures(eager_cuda):
     g = graphed.generate(prompt, max_new_tokens=20, sampling=SAMPLED)
     assert g.graph["captures"] == 2
     assert g.generated_ids == eager.generate(prompt, max_new_tokens=20, sampling=SAMPLED).generated_ids
+
+
+@pytest.mark.parametrize("block", [1, 4, 8])
+def test_graph_equals_eager_over_1000_steps(block):
+    """Decode blocks of k steps per replay, 1,000 steps: the graphed runner's ids are the eager step's (block 1)."""
+    model, methods = load_eager(DEFAULT_MODEL, 1100, device="cuda", kernels="ops")
+    m = metadata(model, 1100, 64, DEFAULT_MODEL, stop_token_ids=[], eos_token_ids=[])
+    graphed = Runner(methods, m, tokenizer_json(), cuda_graph=True, decode_block=block)
+    eager = Runner(methods, m, tokenizer_json(), cuda_graph=False)
+    prompt = ids(33)
+    for sampling in (GREEDY, SAMPLED):
+        g = graphed.generate(prompt, max_new_tokens=1001, sampling=sampling)
+        e = eager.generate(prompt, max_new_tokens=1001, sampling=sampling)
+        assert g.generated_ids == e.generated_ids and len(g.generated_ids) == 1001
+        assert g.decode_path == "cuda_graph"

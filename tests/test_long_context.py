@@ -49,10 +49,10 @@ def test_2b_prefills_131k_into_a_262k_cache_and_decodes(exported):
     assert runner.max_seq_len == 262144
     ids = torch.randint(3, runner.vocab_size, (PROMPT,), generator=torch.Generator().manual_seed(0)).tolist()
     first = prefill(runner.methods, ids, 0, runner.prefill_chunk)  # [1, V]
-    loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=True, warmup=1)
-    tokens = [loop.start(first, PROMPT)]
-    for _ in range(STEPS):
-        tokens.append(loop.step())
+    loop = DecodeLoop(runner.methods, runner.vocab_size, cuda_graph=True, warmup=1, block=4)
+    tokens = [loop.start(first, PROMPT, STEPS + 1)]
+    tokens += list(loop.tokens())
+    assert len(tokens) == STEPS + 1
     assert loop.path == "cuda_graph"
     # one more step, eager, for its logits: the state the graph replays left behind
     last = runner.methods.decode(torch.tensor([[tokens[-1]]], device="cuda"),
