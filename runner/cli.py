@@ -81,7 +81,8 @@ def _stats_line(result, runner, ready_s: float | None) -> str:
 @click.option("--seed", type=int, default=None, help="Seed for sampling [default: a random one, shown by --json].")
 @click.option("--chat", is_flag=True, help="Render the prompt as a user message through the artifact's chat template.")
 @click.option("--cuda-graph/--no-cuda-graph", "cuda_graph", default=None,
-              help="Replay each decode step through a captured CUDA graph [default: on for CUDA artifacts]. "
+              help="Replay decode (blocks of steps) and prefill (per length bucket) through captured CUDA graphs "
+                   "[default: on for CUDA artifacts]. "
                    "CPU artifacts always decode eagerly: there --cuda-graph is ignored with a notice on stderr.")
 @click.option("--stats", is_flag=True, help="Print load time, prefill and decode tokens/s, time to first token (stderr).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (ids, text, timings) instead of streaming.")
