@@ -84,7 +84,7 @@ class DecodeLoop:
         self.token.copy_(self.sampler(logits).view(1, 1))
         self.pos.fill_(pos)
         self.left.fill_(limit - 1)
-        torch.logical_or(torch.isin(self.token[0], self.stops), self.left <= 0, out=self.ended)
+        torch.logical_or(self._is_stop(self.token[0]), self.left <= 0, out=self.ended)
         self._inflight = []
         self.emitted = [int(self.token.item())]
         return self.emitted[0]
@@ -148,8 +148,12 @@ class DecodeLoop:
             self.token.copy_(torch.where(live, nxt, self.token[0]).view(1, 1))
             self.pos.add_(live.long())
             self.left.sub_(live.long())
-            self.ended.logical_or_(torch.isin(nxt, self.stops) | (self.left <= 0))
+            self.ended.logical_or_(self._is_stop(nxt) | (self.left <= 0))
         self.ids[self.block :].copy_(self.ended)
+
+    def _is_stop(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [1] -> [1] bool. A broadcast compare: torch.isin sorts on CUDA, reading a size back (no capture)."""
+        return (ids[:, None] == self.stops).any(-1)
 
     def _deps(self) -> tuple:
         """What the graph reads that is decided outside it: buffer addresses and the sampler's structure."""
