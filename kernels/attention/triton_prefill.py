@@ -6,8 +6,9 @@
    tokens' positions are read on the device; the tile's keys are [0, its last position]: blocks below the tile's
    first position unmasked, the rest (the diagonal, a block or two) masked. Online softmax in float32; nothing of
    size T x S exists, and the work grows with the positions in use, not with S.
-Pads (input_pos -1, after the real tokens): the write kernel skips them; in the attention kernel a pad row reads
-key 0 alone (in use whenever the call has a real token) and stores 0, so a tile of pads costs one key block.
+Pads (input_pos -1, after the real tokens): the write kernel skips them; in the attention kernel a pad row stores 0.
+It reads the keys below its tile's first real position and key 0 (in use whenever the call has a real token), so
+a tile of pads costs one key block and a real row's blocks are the unpadded call's.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ def _prefill_kernel(
                 mask=live[:, None] & dm[None, :], other=0.0)  # [BM, BD]
     # keys [0, hi): up to the tile's last token; entries past it may be stale and are never loaded
     hi = tl.minimum(tl.max(qpos, 0) + 1, S)
-    # keys below the tile's first position are visible to all its rows (below 0 with a pad among them)
-    split = tl.min(tl.where(live, qpos, S), 0) // BN * BN
+    # keys below the tile's first real position are visible to all its rows: a mixed tile's real rows run the
+    # unpadded call's blocks (bit-equal), its pad rows read them too (finite keys in use; the row is stored as 0);
+    # a tile of pads only has no such block and reads key 0 alone
+    split = tl.minimum(tl.min(tl.where(live & real, qpos, S), 0), hi) // BN * BN
     rn = tl.arange(0, BN)
     offs = rn[:, None] * D + cd[None, :]  # [BN, BD]: a block's rows from its first key
     kc = kc_ptr + hk * s_ch
