@@ -124,9 +124,9 @@ class Attention(nn.Module):
         self.o_proj = make_linear(q_out, cfg.hidden_size, quant)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        # [Hkv, S, D]: no leading batch dim, so the attention ops take the caches without a view (the edge
-        # dialect turns views into copies, and a copy of the whole cache per step costs more than the read)
-        cache = (self.n_kv, max_seq_len, self.head_dim)
+        # [Hkv, S, D] (float32 CPU kernels: [Hkv, S, 1, D], the same bytes): no leading batch dim, so the attention
+        # ops take the caches without a view (the edge dialect turns views into copies, a whole cache per step)
+        cache = kernels.kv_cache_shape(self.n_kv, max_seq_len, self.head_dim, dtype)
         self.register_buffer("k_cache", torch.zeros(cache, dtype=dtype))
         self.register_buffer("v_cache", torch.zeros(cache, dtype=dtype))
 

@@ -194,8 +194,9 @@ def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportR
     if files.tokenizer_json is None:
         progress.info("no tokenizer.json in the checkpoint: the artifact takes token ids")
     with progress.stage("load weights"):
-        # the Triton ops are traced for the GPU they compile for; the reference kernels trace on the CPU
-        device = "cuda" if p.kernels == "ops" else "cpu"
+        # CUDA exports trace on the GPU they compile for (the reference kernels too: on CPU tensors they would
+        # trace into the CPU runtime's LLM ops); CPU exports on the CPU
+        device = "cuda" if p.backend == "cuda" else "cpu"
         model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, device, p.quant)
     check_space(output.parent, int(weights_bytes(model) * 1.1) + (1 << 20))
     meta = build_metadata(p.cfg, model, files, p.backend, p.max_prefill_chunk, p.dtype, p.state_dtype, p.quant)

@@ -14,6 +14,7 @@ from typing import Callable
 from .attention import cpu as _attn_cpu
 from .attention import op as _attn_op
 from .attention import reference as _attn_ref
+from .causal_conv1d import cpu as _conv_cpu
 from .causal_conv1d import op as _conv_op
 from .causal_conv1d import reference as _conv_ref
 from .gated_delta_rule import cpu as _gdr_cpu
@@ -27,6 +28,11 @@ from .moe import cpu as _moe_cpu
 from .moe import op as _moe_op
 from .qgemv import op as _qgemv_op
 from .qgemv import reference as _qgemv_ref
+
+
+def hkv_s_d_cache(n_kv: int, max_seq_len: int, head_dim: int, dtype) -> tuple[int, ...]:
+    """The KV cache layout of reference.py and the Triton kernels: [Hkv, S, D]."""
+    return (n_kv, max_seq_len, head_dim)
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,13 @@ class KernelSet:
     decode_attention: Callable
     gemm: Callable
     norm_gemm: Callable
+    # (n_kv, max_seq_len, head_dim, dtype) -> the KV cache buffer's shape, the layout the attention kernels take
+    kv_cache_shape: Callable = hkv_s_d_cache
 
 
 REFERENCE = KernelSet(
     "reference",
-    _conv_ref.causal_conv1d,
+    _conv_cpu.causal_conv1d,
     _gdr_cpu.chunk_gated_delta_rule,
     _gdr_ref.recurrent_gated_delta_rule,
     _moe_cpu.moe_shared,
@@ -56,10 +64,11 @@ REFERENCE = KernelSet(
     _gemv_ref.norm_gemv,
     _qgemv_ref.gemv,
     _qgemv_ref.norm_gemv,
-    _attn_ref.prefill_attention,
+    _attn_cpu.prefill_attention,
     _attn_cpu.decode_attention,
     _gemm_ref.gemm,
     _gemm_ref.norm_gemm,
+    _attn_cpu.cache_shape,
 )
 OPS = KernelSet(
     "ops",

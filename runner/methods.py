@@ -8,6 +8,7 @@ sequence (the reset happens on the device).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import sys
@@ -45,7 +46,7 @@ def load_methods(artifact: Artifact) -> Methods:
 
 
 # the runtime logs these at INFO level to stderr whenever XNNPACK starts (cpuinfo's CPU detection)
-NATIVE_NOISE = ("[cpuinfo_utils.cpp:",)
+NATIVE_NOISE = ("[cpuinfo_utils.cpp:", "[threadpool.cpp:")
 NATIVE_LOGS_ENV = "GDN_NATIVE_LOGS"  # "1": let the native runtime's log lines through (gdn-run --verbose)
 
 
@@ -74,17 +75,86 @@ def quiet_native_logs(enabled: bool) -> Iterator[None]:
                 sys.stderr.flush()
 
 
+# ExecuTorch's LLM custom ops (llama::update_cache, llama::custom_sdpa): the wheel ships their kernels in this
+# library, which registers them with the runtime (and as torch ops) when loaded
+LLM_OPS_LIBRARY = Path("extension") / "llm" / "custom_ops" / "libcustom_ops_aot_lib.so"
+# custom_sdpa asks each call for a temp allocator, which the Python runtime does not give, says so, and uses the heap
+LLM_OPS_NOISE = (b"No temp allocator provided",)
+_LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                           ctypes.c_char_p, ctypes.c_size_t)
+
+
+class _PalTable(ctypes.Structure):
+    """executorch::runtime::PalImpl (runtime/platform/platform.h): null entries keep the default."""
+    _fields_ = ([(n, ctypes.c_void_p) for n in ("init", "abort", "current_ticks", "ticks_to_ns_multiplier")]
+                + [("emit_log_message", _LOG_FN), ("allocate", ctypes.c_void_p), ("free", ctypes.c_void_p),
+                   ("source_filename", ctypes.c_char_p)])
+
+
+@_LOG_FN
+def _emit_log(timestamp, level, filename, function, line, message, length) -> None:
+    text = ctypes.string_at(message, length)
+    if not text.startswith(LLM_OPS_NOISE):
+        name = (filename or b"?").rsplit(b"/", 1)[-1]
+        os.write(2, b"%c executorch:%s:%d] %s\n" % (level, name, line, text))
+
+
+@functools.cache
+def load_llm_ops() -> None:
+    """Load the LLM ops' kernels into this process (once). The library logs through its own copy of the runtime's
+    platform layer: unless $GDN_NATIVE_LOGS is 1, its log hook drops the per-call LLM_OPS_NOISE line."""
+    import executorch
+    from executorch.extension.pybindings import portable_lib  # noqa: F401  (the runtime it registers into)
+
+    path = Path(next(iter(executorch.__path__))) / LLM_OPS_LIBRARY
+    if not path.exists():
+        raise ArtifactError(f"the executorch install lacks {path.name}, the kernels of its LLM ops")
+    torch.ops.load_library(str(path))
+    if os.environ.get(NATIVE_LOGS_ENV) != "1":
+        register = ctypes.CDLL(str(path))["_ZN10executorch7runtime12register_palENS0_7PalImplE"]
+        register.argtypes, register.restype = [_PalTable], ctypes.c_bool
+        register(_PalTable(emit_log_message=_emit_log, source_filename=b"gdn.runner.methods"))
+
+
+CPU_THREADS_ENV = "GDN_CPU_THREADS"  # the runtime's thread pool size for CPU artifacts (default 1)
+
+
+@functools.cache
+def set_cpu_threads(threads: int) -> int:
+    """Size the runtime's one thread pool (XNNPACK and the kernels share it), once per process and before any
+    program loads: a delegate keeps the pool it started with. One thread by default: on two cores, every sublayer
+    of the bundled model ran faster on one (a step's ops are microseconds long; waking a second thread per op costs
+    more than it saves; scripts/bench_cpu.py --gdn-threads measures others)."""
+    from executorch.extension.pybindings import portable_lib
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    return threads
+
+
+def cpu_threads() -> int:
+    value = os.environ.get(CPU_THREADS_ENV, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ArtifactError(f"${CPU_THREADS_ENV} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
 class CpuMethods:
     """The two methods through the executorch pip wheel's runtime; the program is memory-mapped by it. The
     mutable state lives in one memory arena that the two methods share. The runtime's informational log lines
-    at load are hidden unless $GDN_NATIVE_LOGS is 1 (quiet_native_logs)."""
+    at load are hidden unless $GDN_NATIVE_LOGS is 1 (quiet_native_logs). ExecuTorch's LLM ops, which float32
+    programs call for attention, are loaded first (load_llm_ops); the thread pool gets $GDN_CPU_THREADS threads
+    (set_cpu_threads)."""
 
     def __init__(self, artifact: Artifact):
         from executorch.runtime import Runtime, Verification
 
         self.device = torch.device("cpu")
+        load_llm_ops()
+        threads = cpu_threads()
         try:
             with quiet_native_logs(os.environ.get(NATIVE_LOGS_ENV) != "1"):
+                set_cpu_threads(threads)
                 program = Runtime.get().load_program(artifact.path, verification=Verification.Minimal)
                 self._prefill = program.load_method("prefill")
                 self._decode = program.load_method("decode")
