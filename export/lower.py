@@ -9,6 +9,7 @@ programmatic dependent launch are launched with it (aoti_pdl.py).
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ def ensure_flatc() -> None:
 def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]):
     """-> ExecutorchProgramManager with shared mutable state."""
     ensure_flatc()
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ViewCopyConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
@@ -44,7 +47,8 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
                 for name, ep in programs.items()}
     edge = to_edge_transform_and_lower(
         programs,
-        partitioner=[XnnpackPartitioner()],
+        transform_passes=[views_for_copies, slices_for_splits, xnnpack_mean],
+        partitioner=[XnnpackPartitioner(configs=[*ALL_PARTITIONER_CONFIGS, ViewCopyConfig])],
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
     _add_named_data(edge, named_data)
@@ -53,6 +57,96 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
     config = ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True,
                                      run_reinplace_pass=True)
     return edge.to_executorch(config)
+
+
+def _static_shape(node) -> list[int] | None:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or not all(isinstance(d, int) for d in val.shape):
+        return None
+    return list(val.shape)
+
+
+def views_for_copies(gm: torch.fx.GraphModule):
+    """Edge-dialect unsqueeze / squeeze copies, and selects of a size-1 dim, of static shape as view_copy: each a
+    portable-kernel copy and an instruction per call otherwise; a view_copy XNNPACK takes inside a partition, or
+    the emitter turns into a memory view (no instruction)."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    aten = exir_ops.edge.aten
+    reshapes = (aten.unsqueeze_copy.default, aten.squeeze_copy.dim, aten.squeeze_copy.dims, aten.squeeze_copy.default)
+    changed = False
+    for node in gm.graph.nodes:
+        shape = _static_shape(node) if node.op == "call_function" else None
+        if shape is None:
+            continue
+        size_one_select = (node.target is aten.select_copy.int
+                           and node.args[0].meta["val"].shape[node.args[1]] == 1)
+        if node.target in reshapes or size_one_select:
+            node.target, node.args, node.kwargs = aten.view_copy.default, (node.args[0], shape), {}
+            changed = True
+    gm.recompile()
+    return PassResult(gm, changed)
+
+
+def slices_for_splits(gm: torch.fx.GraphModule):
+    """Edge-dialect split_with_sizes_copy of a static tensor (a fused projection's parts) as one slice_copy per
+    part: XNNPACK takes static slices inside a partition, the split is a portable kernel between two."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    aten = exir_ops.edge.aten
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.split_with_sizes_copy.default:
+            continue
+        x, sizes = node.args[0], node.args[1]
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if _static_shape(x) is None or any(u.target is not operator.getitem for u in node.users):
+            continue
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for user in list(node.users):
+            i = user.args[1]
+            with gm.graph.inserting_before(user):
+                piece = gm.graph.call_function(aten.slice_copy.Tensor, (x, dim, starts[i], starts[i] + sizes[i]))
+            piece.meta = dict(user.meta)
+            user.replace_all_uses_with(piece)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        changed = True
+    gm.recompile()
+    return PassResult(gm, changed)
+
+
+def xnnpack_mean(gm: torch.fx.GraphModule):
+    """mean over the last dim (keepdim) of a static tensor [..., K] as XNNPACK's mean: over the two inner dims of
+    a 4-D view [rows, 1, K, 1]. The norms' means, which stay on portable kernels otherwise."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    aten = exir_ops.edge.aten
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.mean.dim or node.kwargs.get("dtype") is not None:
+            continue
+        x, dims = node.args[0], node.args[1]
+        shape, out = _static_shape(x), _static_shape(node)
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if shape is None or out is None or not keep or list(dims) not in ([-1], [len(shape) - 1]):
+            continue
+        rows = [math.prod(shape[:-1]), 1, shape[-1], 1]
+        with gm.graph.inserting_before(node):
+            v = gm.graph.call_function(aten.view_copy.default, (x, rows))
+            v.meta["val"] = x.meta["val"].reshape(rows)
+            m = gm.graph.call_function(aten.mean.dim, (v, [-2, -1], True))
+            m.meta["val"] = v.meta["val"].mean([-2, -1], keepdim=True)
+            r = gm.graph.call_function(aten.view_copy.default, (m, out))
+            r.meta["val"] = node.meta["val"]
+        node.replace_all_uses_with(r)
+        gm.graph.erase_node(node)
+        changed = True
+    gm.recompile()
+    return PassResult(gm, changed)
 
 
 NOOP_CAST_TARGETS = (torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout)

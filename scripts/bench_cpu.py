@@ -2,13 +2,14 @@
 for 16- and 128-token prompts, decode tokens/s, and the peer: the same checkpoint in transformers, eager, fp32,
 on the same cores. Prints a table and writes bench_cpu.json.
 
-    python scripts/bench_cpu.py [--out DIR] [--threads 2] [--new-tokens 128] [--reuse]
+    python scripts/bench_cpu.py [--out DIR] [--threads 2] [--gdn-threads 1] [--new-tokens 128] [--reuse]
 
 Wall-clock medians (time.perf_counter). Ours: `Runner.generate` from a fresh sequence, greedy; time to first
 token is the runner's own (prefill in chunks of the artifact's bound, the first sampling and its read-back);
 decode tok/s is (new tokens - 1) over the time from the first token to the last. The peer: `generate` with
 do_sample=False; time to first token is one new token's `generate`, decode tok/s (n - 1) tokens over the extra
-time of n. --reuse takes an artifact already in DIR (the export time recorded when it was made).
+time of n. --reuse takes an artifact already in DIR (the export time recorded when it was made). --gdn-threads sizes
+the ExecuTorch runtime's thread pool (runner/methods.py, $GDN_CPU_THREADS; --threads is the peer's torch threads).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
 from gdn.export.progress import Progress
 from gdn.runner import Runner, SamplingParams
+from gdn.runner.methods import CPU_THREADS_ENV
 
 PROMPTS = (16, 128)
 GREEDY = SamplingParams(temperature=0.0)
@@ -95,19 +97,21 @@ def table(ours: dict, peer: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench_cpu"))
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the peer (ExecuTorch sizes its own pool)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the peer")
+    ap.add_argument("--gdn-threads", type=int, default=1, help="threads of the ExecuTorch runtime's pool (ours)")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--reuse", action="store_true", help="reuse DIR/model.pte and its recorded export time")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    os.environ[CPU_THREADS_ENV] = str(args.gdn_threads)
     pte, export_s, reused = export(args.out, args.reuse)
     ids = torch.randint(3, 4000, (max(PROMPTS),), generator=torch.Generator().manual_seed(1)).tolist()
     ours = {"export_s": export_s, "export_reused": reused, **bench_ours(pte, ids, args.new_tokens, args.reps)}
     peer = bench_peer(ids, args.new_tokens, args.reps)
-    env = {"cpu_count": os.cpu_count(), "peer_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
-           "python": platform.python_version()}
+    env = {"cpu_count": os.cpu_count(), "peer_threads": torch.get_num_threads(), "gdn_threads": args.gdn_threads,
+           "platform": platform.platform(), "torch": torch.__version__, "python": platform.python_version()}
     (args.out / "bench_cpu.json").write_text(json.dumps({"env": env, "ours": ours, "peer": peer}, indent=2) + "\n")
     print(table(ours, peer))
     print(f"wrote {args.out / 'bench_cpu.json'}", file=sys.stderr)

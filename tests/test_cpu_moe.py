@@ -44,12 +44,25 @@ def test_dense_moe_matches_the_float64_loop(T, mode, renorm):
             assert err <= 4 * ref_err + tol / 4 * scale, f"max err {err:.3e} vs the plain reference's {ref_err:.3e}"
 
 
-def test_dense_routing_puts_each_weight_on_its_expert():
-    weights = torch.tensor([[0.7, 0.3], [0.6, 0.4]])
-    ids = torch.tensor([[5, 1], [0, 7]])
-    want = torch.zeros(2, E)
-    want[0, 5], want[0, 1], want[1, 0], want[1, 7] = 0.7, 0.3, 0.6, 0.4
-    assert torch.equal(cpu.dense_routing(weights, ids, E), want)
+def dense_from_reference(logits: torch.Tensor, k: int, renorm: bool) -> torch.Tensor:
+    weights, ids = reference.route(logits, k, renorm)
+    return torch.zeros(logits.shape[0], logits.shape[1], dtype=weights.dtype).scatter(1, ids, weights)
+
+
+@pytest.mark.parametrize("renorm", [True, False])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_dense_route_equals_the_reference_route(k, renorm):
+    """Random logits, ties (repeated values, all equal: the lower experts win), one hot expert: the same experts
+    as the reference's k argmax passes, with its weights (renormalised: the k-term sum in another order, an ulp)."""
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(37, E, generator=g)
+    logits[:5] = torch.randint(0, 3, (5, E), generator=g).float()  # many ties
+    logits[5] = 1.0
+    logits[6, 3] += 40.0
+    got = cpu.dense_route(logits, k, renorm)
+    want = dense_from_reference(logits, k, renorm)
+    assert torch.equal(got != 0, want != 0), "other experts selected"
+    torch.testing.assert_close(got, want, rtol=0 if k < 3 or not renorm else 3e-7, atol=0)
 
 
 def test_many_experts_keep_the_reference_gather():

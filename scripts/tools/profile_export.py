@@ -8,8 +8,8 @@ method's node count before lowering, the XNNPACK partitions and the ops left to 
 `--components` (CPU): where the time goes per sublayer, at export and at run time. The executorch pip wheel is
 built without the event tracer, so ETDump records nothing; instead each sublayer kind of the bundled model
 (GDN, attention, MoE, the final norm + lm_head) is exported alone as a two-method program like the artifact's,
-lowered by lower_cpu, and its methods timed in the runtime (prefill of 16 tokens, one decode step). Multiply by
-the model's count of each kind for its share of a step.
+lowered by lower_cpu, and its methods timed in the runtime (prefill of 16 tokens, one decode step) on the runner's
+thread pool ($GDN_CPU_THREADS, default 1). Multiply by the model's count of each kind for its share of a step.
 
     python scripts/tools/profile_export.py OUT_DIR [--backend cuda|cpu] [--model default|tiny|qwen3.5-2b|...]
         [--kernels reference|ops] [--dtype bf16|fp32] [--max-seq-len N] [--cprofile]
@@ -143,7 +143,10 @@ def profile_components(max_seq_len: int) -> None:
 
     from gdn.export.checkpoint import load_model
     from gdn.export.lower import lower_cpu
+    from gdn.runner.methods import cpu_threads, load_llm_ops, set_cpu_threads
 
+    set_cpu_threads(cpu_threads())  # the runner's pool ($GDN_CPU_THREADS), before any program loads
+    load_llm_ops()
     model = load_model(DEFAULT_CHECKPOINT, max_seq_len, torch.float32, torch.float32, "reference", "cpu")
     layers = model.layers
     counts = {"gdn": sum(la.is_linear for la in layers), "attention": sum(not la.is_linear for la in layers),
