@@ -249,28 +249,40 @@ def _is_convolution(node) -> bool:
 
 
 def split_to_slices(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
-    """`chunk` / `split(int)` become split_copy in the edge dialect, an op the CUDA backend has no kernel for;
-    rewritten in place as slices (static split dims only) they compile to views."""
-    targets = (torch.ops.aten.chunk.default, torch.ops.aten.split.Tensor)
+    """`chunk`, `split(int)` and `split(list)` become split_copy / split_with_sizes_copy in the edge dialect: an op
+    the CUDA backend has no kernel for, and a copy kernel per part (a fused projection's q, k, v, z, ... every
+    layer and step). Rewritten in place as slices (static split dims only) they compile to views."""
+    targets = (torch.ops.aten.chunk.default, torch.ops.aten.split.Tensor, torch.ops.aten.split_with_sizes.default)
     for ep in programs.values():
         graph = ep.graph_module.graph
         for node in [n for n in graph.nodes if n.target in targets]:
-            x, n_or_size = node.args[0], node.args[1]
+            x, parts = node.args[0], node.args[1]
             dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
             full = x.meta["val"].shape[dim]
             if not isinstance(full, int) or any(u.target is not operator.getitem for u in node.users):
                 continue
-            size = -(-full // n_or_size) if node.target == torch.ops.aten.chunk.default else n_or_size
+            bounds = _split_bounds(node.target, parts, full)
             for user in list(node.users):
-                i = user.args[1]
+                start, stop = bounds[user.args[1]]
                 with graph.inserting_before(user):
-                    piece = graph.call_function(torch.ops.aten.slice.Tensor, (x, dim, i * size, min((i + 1) * size, full)))
+                    piece = graph.call_function(torch.ops.aten.slice.Tensor, (x, dim, start, stop))
                 piece.meta = dict(user.meta)
                 user.replace_all_uses_with(piece)
                 graph.erase_node(user)
             graph.erase_node(node)
         ep.graph_module.recompile()
     return programs
+
+
+def _split_bounds(target, parts, full: int) -> list[tuple[int, int]]:
+    """[(start, stop)] of each part: `parts` is chunk's count, split's size, or split_with_sizes' sizes."""
+    if target == torch.ops.aten.split_with_sizes.default:
+        sizes = list(parts)
+    else:
+        size = -(-full // parts) if target == torch.ops.aten.chunk.default else parts
+        sizes = [min(size, full - i) for i in range(0, full, size)]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [(a, a + n) for a, n in zip(starts, sizes)]
 
 
 @contextmanager
