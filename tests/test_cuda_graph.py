@@ -117,7 +117,9 @@ def test_one_capture_serves_other_positions_new_prompts_sessions_and_the_end_of_
 def test_a_new_sampling_structure_recaptures(eager_cuda):
     graphed, eager = runners(eager_cuda)
     prompt = ids(8)
-    graphed.generate(prompt, max_new_tokens=10, sampling=GREEDY)
+    # long enough to pass the warmup blocks (3 of DECODE_BLOCK steps each) and capture
+    first = graphed.generate(prompt, max_new_tokens=40, sampling=GREEDY)
+    assert first.graph["captures"] == 1
     g = graphed.generate(prompt, max_new_tokens=20, sampling=SAMPLED)
     assert g.graph["captures"] == 2
     assert g.generated_ids == eager.generate(prompt, max_new_tokens=20, sampling=SAMPLED).generated_ids
