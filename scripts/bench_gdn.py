@@ -11,8 +11,12 @@ launch, which the ops inside artifacts never pay.
   are from ours).
 - causal conv1d: decode (T = 1) and prefill (T = 1024, 4096, 8192), inputs rotating past L2: us per call and
   % of the 1 GiB copy rate; the plain-PyTorch reference beside it.
+- fused: a GDN layer's decode step after in_proj, at the 2B (Hv 16) and 35B-A3B (Hv 32) shapes, bf16, as the
+  model launches it (the ops, PDL on): gdn::conv_recurrent_gated_delta_rule + gdn::gated_norm_gemv (out_proj
+  2048 x Hv V) against the unfused chain, causal_conv1d + recurrent_gated_delta_rule + the gated norm as Inductor
+  compiles it + gdn::gemv; each also without out_proj. States and out_proj weights rotate past L2.
 
-Usage: python scripts/bench_gdn.py [--only decode|prefill|conv ...] [--fp32] [--json out.json]
+Usage: python scripts/bench_gdn.py [--only decode|prefill|conv|fused ...] [--fp32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -150,9 +154,59 @@ def bench_conv(t: Table, copy_1g: float) -> None:
         t.put(f"conv T={T}", dict(us=us, gbs=gbs, reference_us=ref))
 
 
+def fused_inputs(hv: int) -> dict:
+    """One layer's decode-step tensors at Hk 16, Hv = hv, K = V = 128 (in_proj output, weights, rotated states)."""
+    d = dict(device="cuda")
+    c = 2 * HK * K + hv * V
+    n = ROTATE
+    return dict(x=torch.randn(1, c + hv * V + 2 * hv, **d).bfloat16(), cw=torch.randn(c, W, **d).bfloat16(),
+                A_log=torch.rand(hv, **d).log(), dt_bias=torch.randn(hv, **d), nw=torch.ones(V, **d).bfloat16(),
+                cs=[torch.randn(1, W - 1, c, **d).bfloat16() for _ in range(n)],
+                s=[torch.randn(1, hv, K, V, **d) * 0.1 for _ in range(n)],
+                w=[torch.randn(2048, hv * V, **d).bfloat16() * (hv * V) ** -0.5 for _ in range(n)],
+                reset=torch.zeros(1, dtype=torch.bool, **d), count=torch.ones(1, dtype=torch.int64, **d), c=c, hv=hv)
+
+
+def fused_step(x: dict, i: int, out_proj: bool):
+    o = torch.ops.gdn.conv_recurrent_gated_delta_rule(x["x"], x["cs"][i], x["cw"], x["A_log"], x["dt_bias"], x["s"][i],
+                                                      x["reset"], x["count"])
+    if not out_proj:
+        return o
+    z = x["x"][:, x["c"] : x["c"] + x["hv"] * V]
+    return torch.ops.gdn.gated_norm_gemv(o.view(1, -1), z, x["nw"], 1e-6, x["w"][i])
+
+
+def unfused_step(x: dict, i: int, out_proj: bool, norm: Callable):
+    c, hv = x["c"], x["hv"]
+    qkv, z, b, a = x["x"].split([c, hv * V, hv, hv], dim=-1)
+    y = torch.ops.gdn.causal_conv1d(qkv.unsqueeze(0), x["cs"][i], x["cw"], x["reset"], x["count"])
+    q, k, v = y.split([HK * K, HK * K, hv * V], dim=-1)
+    o = torch.ops.gdn.recurrent_gated_delta_rule(
+        q.reshape(1, 1, HK, K), k.reshape(1, 1, HK, K), v.reshape(1, 1, hv, V), a.view(1, 1, hv), b.view(1, 1, hv),
+        x["A_log"], x["dt_bias"], x["s"][i], x["reset"], x["count"])
+    if not out_proj:
+        return o
+    return torch.ops.gdn.gemv(norm(o.view(hv, V), z.view(hv, V), x["nw"]).view(1, -1), x["w"][i], "none")
+
+
+def bench_fused(t: Table) -> None:
+    from gdn.kernels.gemv.reference import gated_rms_norm
+
+    torch._dynamo.reset()
+    norm = torch.compile(lambda o, z, g: gated_rms_norm(o, z, g, 1e-6), fullgraph=True, dynamic=False)
+    for name, hv in (("2B", 16), ("35B-A3B", 32)):
+        x = fused_inputs(hv)
+        for out_proj in (False, True):
+            tag = f"{name} Hv={hv}" + (", with out_proj" if out_proj else "")
+            fused = rotated_us(lambda i: fused_step(x, i, out_proj), ROTATE)
+            unfused = rotated_us(lambda i: unfused_step(x, i, out_proj, norm), ROTATE)
+            t.row(f"fused step {tag}", f"{fused:.2f} us", f"unfused {unfused:.2f} us ({unfused - fused:+.2f} us)")
+            t.put(f"fused {tag}", dict(fused_us=fused, unfused_us=unfused))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["decode", "prefill", "conv"], action="append")
+    parser.add_argument("--only", choices=["decode", "prefill", "conv", "fused"], action="append")
     parser.add_argument("--fp32", action="store_true", help="also time the fp32 prefill at T = 8192")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
@@ -166,7 +220,7 @@ def main() -> int:
     t.put("device", torch.cuda.get_device_name(0))
     t.put("copy_1GiB_gbs", copy_1g / 1e9)
     sections = {"decode": lambda: bench_decode(t, copy_1g), "prefill": lambda: bench_prefill(t, args.fp32),
-                "conv": lambda: bench_conv(t, copy_1g)}
+                "conv": lambda: bench_conv(t, copy_1g), "fused": lambda: bench_fused(t)}
     for name in args.only or list(sections):
         sections[name]()
     if args.json:

@@ -1,5 +1,5 @@
-"""Kernel benchmark of the one-token projections (gdn::gemv, gdn::norm_gemv) on one CUDA GPU, at every decode
-projection shape of Qwen3.5-2B and Qwen3.5-35B-A3B, bf16.
+"""Kernel benchmark of the one-token projections (gdn::gemv, gdn::norm_gemv, gdn::gated_norm_gemv) on one CUDA GPU,
+at every decode projection shape of Qwen3.5-2B and Qwen3.5-35B-A3B, bf16.
 
 Per shape:
 - "op alone": the op's kernel in its shipped config (`triton_gemv.default_config`), the PDL form launched in
@@ -8,7 +8,7 @@ Per shape:
   weight loads overlap the tail of the one before;
 - cuBLAS: `F.linear` of the same one row (its input computed beforehand);
 - norm_gemv sites: the residual add and the norm as one Inductor kernel, then gdn::gemv (the model without the
-  fusion);
+  fusion); gated_norm_gemv sites (GDN out_proj): the gated RMS norm as Inductor compiles it, then gdn::gemv;
 - with --inductor: Inductor's autotuned Triton GEMM template with the op's input computation in front (what
   AOTInductor compiles for a one-row linear without our ops); slow to compile.
 Every column: all calls replayed from one CUDA graph over enough weight copies that none is served from L2,
@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from gdn.kernels.gemv import reference, triton_gemv, triton_norm_gemv  # the package registers torch.ops.gdn.*
+from gdn.kernels.gemv import reference, triton_gated_norm_gemv, triton_gemv, triton_norm_gemv  # registers the ops
 
 import timing  # scripts/ is on sys.path when run as a script
 
@@ -35,6 +35,7 @@ DT = torch.bfloat16
 EPS = 1e-6
 ROTATE_BYTES = 512 << 20  # weights cycled per graph: ten times the H100's L2
 TEMPLATE = {"max_autotune": True, "max_autotune_gemm_backends": "TRITON"}
+GDN_V = 128  # the GDN value head size of both models (gated norm sites)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Site:
     name: str
     N: int
     K: int
-    form: str  # "norm" (gdn::norm_gemv), or gdn::gemv's act: "none" / "silu_mul"
+    form: str  # "norm" (gdn::norm_gemv), "gated" (gdn::gated_norm_gemv), or gdn::gemv's act: "none" / "silu_mul"
 
 
 # hidden 2048; 2B: GDN Hk = Hv = 16 heads of 128, attention 8 query / 2 KV heads of 256, MLP 6144;
@@ -58,6 +59,8 @@ SITES = [
     Site("35B-A3B attention qkv", 9216, 2048, "norm"),
     Site("35B-A3B MoE router/shared", 1281, 2048, "norm"),
     Site("35B-A3B GDN out_proj, attention o_proj", 2048, 4096, "none"),
+    Site("2B GDN out_proj, gated norm", 2048, 2048, "gated"),
+    Site("35B-A3B GDN out_proj, gated norm", 2048, 4096, "gated"),
     Site("lm_head (both)", 248320, 2048, "norm"),
 ]
 
@@ -65,6 +68,11 @@ SITES = [
 def add_norm(x: torch.Tensor, d: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r = x + d
     return r, reference.rms_norm(r, g, EPS)
+
+
+def gated_norm(o: torch.Tensor, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """[1, Hv V] -> the GDN layer's gated RMS norm per head of GDN_V, flattened."""
+    return reference.gated_rms_norm(o.view(1, -1, GDN_V), z.view(1, -1, GDN_V), g, EPS).view(1, -1)
 
 
 def inputs(site: Site) -> dict[str, torch.Tensor]:
@@ -77,6 +85,10 @@ def inputs(site: Site) -> dict[str, torch.Tensor]:
         t["d"] = torch.randn(1, K, device="cuda", dtype=DT)
         t["g"] = 0.1 * torch.randn(K, device="cuda", dtype=DT)
         t["a"] = add_norm(x, t["d"], t["g"])[1]
+    elif site.form == "gated":  # x is the recurrence's o, d the gate z, g the norm's plain weight [V]
+        t["d"] = torch.randn(1, K, device="cuda", dtype=DT)
+        t["g"] = 1 + 0.1 * torch.randn(GDN_V, device="cuda", dtype=DT)
+        t["a"] = gated_norm(x, t["d"], t["g"])
     else:
         t["a"] = reference.activation(x, site.form)
     return t
@@ -86,6 +98,8 @@ def template(site: Site) -> Callable[[dict[str, torch.Tensor]], object]:
     """The site's whole computation for Inductor's GEMM template (compiled on first call)."""
     if site.form == "norm":
         fn = lambda t: reference.norm_gemv(t["x"], t["d"], t["g"], EPS, t["w"])  # noqa: E731
+    elif site.form == "gated":
+        fn = lambda t: reference.gated_norm_gemv(t["x"], t["d"], t["g"], EPS, t["w"])  # noqa: E731
     else:
         fn = lambda t: reference.gemv(t["x"], t["w"], site.form)  # noqa: E731
     torch._dynamo.reset()
@@ -103,6 +117,14 @@ def contenders(site: Site, with_template: bool) -> dict[str, Callable[[dict[str,
             "alone": lambda t: triton_norm_gemv.norm_gemv(t["x"], t["d"], t["g"], EPS, t["w"], alone),
             "chained": lambda t: torch.ops.gdn.norm_gemv(t["x"], t["d"], t["g"], EPS, t["w"]),
             "separate": lambda t: torch.ops.gdn.gemv(separate(t["x"], t["d"], t["g"])[1], t["w"], "none"),
+        }
+    elif site.form == "gated":
+        torch._dynamo.reset()
+        separate = torch.compile(gated_norm, fullgraph=True, dynamic=False)
+        fns = {
+            "alone": lambda t: triton_gated_norm_gemv.gated_norm_gemv(t["x"], t["d"], t["g"], EPS, t["w"], alone),
+            "chained": lambda t: torch.ops.gdn.gated_norm_gemv(t["x"], t["d"], t["g"], EPS, t["w"]),
+            "separate": lambda t: torch.ops.gdn.gemv(separate(t["x"], t["d"], t["g"]), t["w"], "none"),
         }
     else:
         fns = {
@@ -153,7 +175,7 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name()}, bf16; copy bandwidth {copy / 1e9:.0f} GB/s (read + write); "
           f"us per call, graphed, weights rotated past L2\n")
     print("| site | N x K | input | weights MB | op alone us | GB/s | % of copy | op chained us | cuBLAS us | "
-          "add + norm, then gemv us | Inductor template us |")
+          "norm (Inductor), then gemv us | Inductor template us |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for site in SITES:
         if args.only in site.name:

@@ -1,5 +1,5 @@
-"""Gated delta rule: chunked prefill and fused one-token decode."""
+"""Gated delta rule: chunked prefill, fused one-token decode, and the decode step fused with the causal conv."""
 
-from .op import chunk_gated_delta_rule, recurrent_gated_delta_rule
+from .op import chunk_gated_delta_rule, conv_recurrent_gated_delta_rule, recurrent_gated_delta_rule
 
-__all__ = ["chunk_gated_delta_rule", "recurrent_gated_delta_rule"]
+__all__ = ["chunk_gated_delta_rule", "conv_recurrent_gated_delta_rule", "recurrent_gated_delta_rule"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..causal_conv1d.reference import causal_conv1d
+
 CHUNK = 64
 BLOCK = 16  # rows of the diagonal blocks of the triangular inverse
 
@@ -154,6 +156,47 @@ def recurrent_gated_delta_rule(
     o = torch.bmm(qh, s)  # [Hv, 1, V]
     state.copy_(s.unsqueeze(0))
     return o.transpose(0, 1).unsqueeze(0).to(v.dtype)
+
+
+def fused_heads(projected: torch.Tensor, conv_state: torch.Tensor, state: torch.Tensor) -> tuple[int, int, int, int]:
+    """-> (Hk, K, Hv, V) of a fused decode call: Hv, K, V from the state [1, Hv, K, V], Hk from the conv's
+    channels (conv_dim = 2 Hk K + Hv V). One clear line for shapes that do not fit together."""
+    conv_dim = conv_state.shape[-1]
+    Hv, K, V = state.shape[1:] if state.dim() == 4 else (0, 1, 0)
+    Hk = (conv_dim - Hv * V) // (2 * K)
+    want = conv_dim + Hv * V + 2 * Hv
+    if Hv == 0 or Hk <= 0 or 2 * Hk * K + Hv * V != conv_dim or Hv % Hk or tuple(projected.shape) != (1, want):
+        raise ValueError(f"fused GDN decode wants projected [1, conv_dim + Hv V + 2 Hv] with conv_dim = 2 Hk K + Hv V "
+                         f"and Hk dividing Hv; got projected {tuple(projected.shape)}, conv state "
+                         f"{tuple(conv_state.shape)}, state {tuple(state.shape)}")
+    return Hk, K, Hv, V
+
+
+def conv_recurrent_gated_delta_rule(
+    projected: torch.Tensor,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    state: torch.Tensor,
+    reset: torch.Tensor,
+    count: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One GDN decode step from the in_proj output: the causal conv (+ SiLU) of qkv, then the recurrence.
+    projected [1, conv_dim + Hv V + 2 Hv] = [q | k | v | z | b | a] (q, k [Hk K], v and z [Hv V], b, a [Hv]);
+    conv_state [1, W - 1, conv_dim] and state [1, Hv, K, V] float32, both updated in place; conv_weight
+    [conv_dim, W]; A_log, dt_bias [Hv]; reset [1] bool; count [1] int64 or None (0: a pad, both states kept).
+    Returns o [1, Hv, V] in projected's dtype (before the gated norm; z is not read)."""
+    Hk, K, Hv, V = fused_heads(projected, conv_state, state)
+    conv_dim = conv_state.shape[-1]
+    qkv, _, b, a = projected.split([conv_dim, Hv * V, Hv, Hv], dim=-1)
+    y = causal_conv1d(qkv.unsqueeze(0), conv_state, conv_weight, reset, count)  # [1, 1, conv_dim]
+    q, k, v = y.split([Hk * K, Hk * K, Hv * V], dim=-1)
+    o = recurrent_gated_delta_rule(
+        q.reshape(1, 1, Hk, K), k.reshape(1, 1, Hk, K), v.reshape(1, 1, Hv, V), a.reshape(1, 1, Hv),
+        b.reshape(1, 1, Hv), A_log, dt_bias, state, reset, count,
+    )
+    return o[0]
 
 
 def naive_recurrence(q, k, v, g, beta, state):

@@ -15,6 +15,13 @@ and is rounded to x's dtype.
     y = n @ w^T                             -> y [1, N], r [1, K], n [1, K]
 
 The Triton kernel computes y as (r (1 + g)) @ w^T / rms, without n's rounding.
+
+`gated_norm_gemv` puts the GDN layer's gated RMS norm (export/model.py GatedRMSNorm) in front of out_proj:
+
+    o, z [1, Hv V] viewed as [Hv, V]        per head h: x = o[h], rounded as GatedRMSNorm rounds
+    a = (w_n * (x / rms(x))) * silu(z)      x / rms(x) in float32 rounded to o's dtype, times w_n [V] (in the
+                                            product's dtype), times silu(z) in float32, rounded to o's dtype
+    y = a @ w^T                             w [N, Hv V] -> y [1, N]
 """
 
 from __future__ import annotations
@@ -55,3 +62,22 @@ def norm_gemv(
     r = x if delta is None else x + delta
     n = rms_norm(r, norm_weight, eps)
     return F.linear(n, w), r, n
+
+
+def gated_rms_norm(x: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x, z [..., V], weight [V] -> weight * (x / rms(x)) * silu(z) over the last dim, in x's dtype, with
+    GatedRMSNorm's roundings (export/model.py): x / rms(x) rounded to x's dtype, the weight's product in its
+    promoted dtype, the gate in float32."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    out = weight * xf.to(x.dtype)
+    return (out * F.silu(z.float())).to(x.dtype)
+
+
+def gated_norm_gemv(
+    o: torch.Tensor, z: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor
+) -> torch.Tensor:
+    """o, z [1, Hv V]; norm_weight [V]; w [N, Hv V] -> y [1, N] in o's dtype."""
+    V = norm_weight.shape[0]
+    a = gated_rms_norm(o.reshape(1, -1, V), z.reshape(1, -1, V), norm_weight, eps)  # [1, Hv, V]
+    return F.linear(a.reshape(1, -1), w)
