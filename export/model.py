@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gdn.kernels import KERNEL_SETS, REFERENCE, KernelSet
+from gdn.kernels import KERNEL_SETS, KernelSet
 from gdn.kernels.gemv.reference import rms_norm
 
 from .config import LINEAR, ModelConfig
@@ -35,9 +35,11 @@ from .quant import QuantEmbedding, QuantLinear, QuantScheme, dense_weight, make_
 def project(layer: nn.Module, x: torch.Tensor, kernels: KernelSet, decode: bool, act: str = "none") -> torch.Tensor:
     """layer(x) (an nn.Linear or a QuantLinear). One token (decode): the mat-vec kernel, after `act` (a GEMM's
     grid is too small for one row at these widths, kernels/gemv/DESIGN.md). More tokens: the set's GEMM (one
-    exported graph for every chunk length, kernels/gemm/DESIGN.md); a QuantLinear dequantizes, then multiplies."""
+    exported graph for every chunk length, kernels/gemm/DESIGN.md); a QuantLinear through the quantized forms
+    (qgemv, qgemm: dequantized in registers on CUDA, dequantize then multiply in the reference set)."""
     if isinstance(layer, QuantLinear):
-        return kernels.qgemv(x, layer.qweight, layer.scales, layer.bits, layer.group, act) if decode else layer(x)
+        q = (layer.qweight, layer.scales, layer.bits, layer.group)
+        return kernels.qgemv(x, *q, act) if decode else kernels.qgemm(x, *q)
     return kernels.gemv(x, layer.weight, act) if decode else kernels.gemm(x, layer.weight)
 
 
@@ -56,11 +58,11 @@ class RMSNorm(nn.Module):
 def norm_project(x, delta, norm: RMSNorm, proj: nn.Module, kernels: KernelSet, decode: bool):
     """-> (r = x + delta, n = norm(r), proj(n)). One token in one kernel (the set's norm_gemv or norm_qgemv),
     which loads its weights while the kernel before it drains and leaves the add and the norm no kernel of their
-    own; more tokens through the set's norm_gemm (the norm once per row, then the GEMM); a quantized proj as ATen
-    ops (dequantized first), which Inductor fuses around its matmul."""
+    own; more tokens through the set's norm_gemm (the norm once per row, then the GEMM); a quantized proj through
+    norm_qgemv / norm_qgemm (the reference set: dequantized first, then the float reference)."""
     if isinstance(proj, QuantLinear):
-        ks = kernels if decode else REFERENCE
-        y, r, n = ks.norm_qgemv(x, delta, norm.weight, norm.eps, proj.qweight, proj.scales, proj.bits, proj.group)
+        op = kernels.norm_qgemv if decode else kernels.norm_qgemm
+        y, r, n = op(x, delta, norm.weight, norm.eps, proj.qweight, proj.scales, proj.bits, proj.group)
     elif decode:
         y, r, n = kernels.norm_gemv(x, delta, norm.weight, norm.eps, proj.weight)
     else:
@@ -179,6 +181,8 @@ class GatedDeltaNet(nn.Module):
         pads). A pad leaves both states as they were: the conv zeroes its q, k, v and keeps the last real inputs;
         its g and beta are 0 (no decay, no write), selected (where, or in the decode kernel by count) rather than
         multiplied, so its garbage (NaN included) never enters."""
+        if decode and self.kernels.conv_recurrent_gated_delta_rule is not None:
+            return self.fused_decode(projected, reset, count)
         T = projected.shape[0]
         sizes = [self.conv_dim, self.value_dim, self.hv, self.hv]
         qkv, z, b, a = projected.split(sizes, dim=-1)
@@ -201,7 +205,24 @@ class GatedDeltaNet(nn.Module):
                 real = valid[None, :, None]  # [1, T, 1]
                 g, beta = torch.where(real, g, 0.0), torch.where(real, beta, 0.0)
             o = self.kernels.chunk_gated_delta_rule(q, k, v, g, beta, self.recurrent_state, reset)
-        o = self.norm(o[0], z.view(T, self.hv, self.dv))  # [T, Hv, V]
+        return self.output(o[0], z, decode)
+
+    def fused_decode(self, projected, reset, count):
+        """One token through the set's fused step: conv, gates, norms and recurrence read `projected` [1, ...]
+        whole (no split of q, k, v), then `output`."""
+        o = self.kernels.conv_recurrent_gated_delta_rule(
+            projected, self.conv_state, self.conv_weight, self.A_log, self.dt_bias, self.recurrent_state, reset, count
+        )  # [1, Hv, V]
+        return self.output(o, projected[:, self.conv_dim : self.conv_dim + self.value_dim], True)
+
+    def output(self, o, z, decode: bool):
+        """o [T, Hv, V], z [T, value_dim] -> out_proj(norm(o, z)). One token with the set's gated_norm_gemv (and a
+        float out_proj): the gated norm inside the projection's kernel."""
+        T = o.shape[0]
+        if decode and self.kernels.gated_norm_gemv is not None and not isinstance(self.out_proj, QuantLinear):
+            return self.kernels.gated_norm_gemv(o.reshape(1, self.value_dim), z, self.norm.weight, self.norm.eps,
+                                                self.out_proj.weight)
+        o = self.norm(o, z.view(T, self.hv, self.dv))  # [T, Hv, V]
         return project(self.out_proj, o.reshape(T, self.value_dim), self.kernels, decode)
 
 
@@ -246,11 +267,18 @@ class SparseMoE(nn.Module):
     def input_proj(self) -> nn.Module:
         return self.router_shared
 
+    def packed(self) -> tuple[torch.Tensor, ...]:
+        """The quantized experts' and shared down projection's (qweight, scales) pairs, in gdn::qmoe_shared's order."""
+        return tuple(t for m in (self.gate_up, self.down, self.shared_down_proj) for t in (m.qweight, m.scales))
+
     def forward(self, x, router_shared, decode: bool):
         """x [T, H] normed; router_shared: its `router_shared` projection (the decoder layer computes it)."""
         # one op for router, routed experts and the gated shared expert: at decode the shared expert's
         # silu*up, down projection and gate fuse into the routed down kernel (kernels/moe/DESIGN.md)
-        # quantized experts: the reference dequantizes them all, then runs the float op (no quantized MoE kernel yet)
+        if isinstance(self.gate_up, QuantLinear) and self.kernels.qmoe_shared is not None:
+            return self.kernels.qmoe_shared(x, router_shared, *self.packed(), self.top_k, self.renormalize,
+                                            self.gate_up.bits, self.gate_up.group)
+        # quantized experts on a set without qmoe_shared (the CPU reference): dequantized, then the float op
         return self.kernels.moe_shared(x, router_shared, dense_weight(self.gate_up), dense_weight(self.down),
                                        dense_weight(self.shared_down_proj), self.top_k, self.renormalize)
 

@@ -143,9 +143,8 @@ def resolve_quant(opts: ExportOptions, cfg: ModelConfig, kernels: str) -> QuantS
     if opts.dtype == "fp32":
         raise ExportError(f"--quant {opts.quant} cannot be combined with --dtype fp32: quantized weights keep "
                           f"bf16 scales and run bf16 activations (use --dtype bf16, the default with --quant)")
-    if kernels == "ops" and any(cfg.moe_layers):
-        raise ExportError(f"--quant {opts.quant} of a MoE checkpoint ({cfg.family}) has no CUDA kernels for "
-                          f"quantized experts yet; use --kernels reference or --backend cpu")
+    if kernels == "ops" and scheme.group & (scheme.group - 1):
+        raise ExportError(f"--group-size {scheme.group}: the CUDA kernels take power-of-two group sizes")
     with torch.device("meta"):
         check_divides(GDNForCausalLM(cfg, 2, kernels=kernels, quant=scheme), scheme)
     return scheme

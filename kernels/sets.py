@@ -26,8 +26,11 @@ from .gemv import op as _gemv_op
 from .gemv import reference as _gemv_ref
 from .moe import cpu as _moe_cpu
 from .moe import op as _moe_op
+from .qgemm import op as _qgemm_op
+from .qgemm import reference as _qgemm_ref
 from .qgemv import op as _qgemv_op
 from .qgemv import reference as _qgemv_ref
+from .qmoe import op as _qmoe_op
 
 
 def hkv_s_d_cache(n_kv: int, max_seq_len: int, head_dim: int, dtype) -> tuple[int, ...]:
@@ -50,8 +53,16 @@ class KernelSet:
     decode_attention: Callable
     gemm: Callable
     norm_gemm: Callable
+    qgemm: Callable
+    norm_qgemm: Callable
     # (n_kv, max_seq_len, head_dim, dtype) -> the KV cache buffer's shape, the layout the attention kernels take
     kv_cache_shape: Callable = hkv_s_d_cache
+    # MoE on quantized experts (gdn::qmoe_shared); None: the model dequantizes them and calls moe_shared
+    qmoe_shared: Callable | None = None
+    # the fused decode steps (None: the model composes the unfused ops): the GDN conv + recurrence from the
+    # in_proj output (gdn::conv_recurrent_gated_delta_rule), out_proj with the gated RMS norm in front
+    conv_recurrent_gated_delta_rule: Callable | None = None
+    gated_norm_gemv: Callable | None = None
 
 
 REFERENCE = KernelSet(
@@ -68,6 +79,8 @@ REFERENCE = KernelSet(
     _attn_cpu.decode_attention,
     _gemm_ref.gemm,
     _gemm_ref.norm_gemm,
+    _qgemm_ref.gemm,
+    _qgemm_ref.norm_gemm,
     _attn_cpu.cache_shape,
 )
 OPS = KernelSet(
@@ -84,5 +97,10 @@ OPS = KernelSet(
     _attn_op.decode_attention,
     _gemm_op.gemm,
     _gemm_op.norm_gemm,
+    _qgemm_op.qgemm,
+    _qgemm_op.norm_qgemm,
+    qmoe_shared=_qmoe_op.qmoe_shared,
+    conv_recurrent_gated_delta_rule=_gdr_op.conv_recurrent_gated_delta_rule,
+    gated_norm_gemv=_gemv_op.gated_norm_gemv,
 )
 KERNEL_SETS = {k.name: k for k in (REFERENCE, OPS)}

@@ -123,15 +123,18 @@ def test_bad_quantization_options(tmp_path, flags, words):
     assert "load weights" not in run.stderr and list(tmp_path.iterdir()) == []
 
 
-def test_quantized_moe_has_no_cuda_kernels_yet(tmp_path):
-    """The CUDA ops have no quantized MoE kernels: a MoE checkpoint with --quant and the ops set is refused (the
-    same check gdn-export runs in its plan; called directly, as this machine may have no GPU)."""
+def test_cuda_quantization_takes_power_of_two_groups(tmp_path):
+    """The CUDA ops quantize the bundled MoE model; a group size that divides every input dim (192) but is no power
+    of two is refused for them (their kernels step in whole power-of-two groups) and accepted by the reference
+    (the same check gdn-export runs in its plan; called directly, as this machine may have no GPU)."""
     from gdn.export.config import load_config
     from gdn.export.errors import ExportError
     from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, resolve_quant
 
     cfg = load_config(DEFAULT_CHECKPOINT)
-    opts = ExportOptions(output=tmp_path / "m.pte", quant="int4")
-    with pytest.raises(ExportError, match="MoE checkpoint .* no CUDA kernels for quantized experts"):
+    assert any(cfg.moe_layers)
+    assert resolve_quant(ExportOptions(output=tmp_path / "m.pte", quant="int4"), cfg, "ops").bits == 4
+    opts = ExportOptions(output=tmp_path / "m.pte", quant="int4", group_size=48)
+    with pytest.raises(ExportError, match="--group-size 48: the CUDA kernels take power-of-two group sizes"):
         resolve_quant(opts, cfg, "ops")
-    assert resolve_quant(opts, cfg, "reference").bits == 4
+    assert resolve_quant(opts, cfg, "reference").group == 48

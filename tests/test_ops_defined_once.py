@@ -31,8 +31,10 @@ def test_ops_are_not_redefined_by_a_top_level_kernels_import():
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    assert "defined: ['gdn::causal_conv1d', 'gdn::chunk_gated_delta_rule', 'gdn::decode_attention', 'gdn::gemm', " \
-           "'gdn::gemv', 'gdn::moe_shared', 'gdn::norm_gemm', 'gdn::norm_gemv', 'gdn::norm_qgemv', " \
-           "'gdn::prefill_attention', 'gdn::qgemv', 'gdn::recurrent_gated_delta_rule']" in lines, out.stdout
+    assert "defined: ['gdn::causal_conv1d', 'gdn::chunk_gated_delta_rule', 'gdn::conv_recurrent_gated_delta_rule', " \
+           "'gdn::decode_attention', 'gdn::gated_norm_gemv', 'gdn::gemm', " \
+           "'gdn::gemv', 'gdn::moe_shared', 'gdn::norm_gemm', 'gdn::norm_gemv', 'gdn::norm_qgemm', " \
+           "'gdn::norm_qgemv', 'gdn::prefill_attention', 'gdn::qgemm', 'gdn::qgemv', 'gdn::qmoe_shared', " \
+           "'gdn::recurrent_gated_delta_rule']" in lines, out.stdout
     assert "redefined: []" in lines, out.stdout
     assert any(line.startswith("refused: kernels.") and "import gdn.kernels instead" in line for line in lines), out.stdout
