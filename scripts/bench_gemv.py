@@ -108,7 +108,8 @@ def template(site: Site) -> Callable[[dict[str, torch.Tensor]], object]:
 
 def contenders(site: Site, with_template: bool) -> dict[str, Callable[[dict[str, torch.Tensor]], object]]:
     """Column -> one call on one copy's tensors."""
-    cfg = triton_gemv.default_config(site.K)
+    gemv = site.form not in ("norm", "gated")
+    cfg = triton_gemv.gemv_config(site.N, site.K) if gemv else triton_gemv.default_config(site.K)
     alone = replace(cfg, pdl="serial") if cfg.pdl == "on" else cfg  # same kernel, launched in stream order
     if site.form == "norm":
         torch._dynamo.reset()

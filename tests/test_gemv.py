@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import gdn.kernels  # noqa: F401  (registers torch.ops.gdn.*)
 from gdn.kernels.gemv import reference as ref
 from gdn.kernels.gemv import triton_gemv
-from gdn.kernels.gemv.triton_gemv import PDL_MAX_K, GemvConfig, default_config
+from gdn.kernels.gemv.triton_gemv import PDL_MAX_K, GemvConfig, default_config, gemv_config
 
 interpreted = pytest.mark.interpret
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -68,7 +68,8 @@ def test_gemv_cpu(N, K, dt, act, pdl):
 @interpreted
 @pytest.mark.parametrize("N,K", [(70, 600), (6, PDL_MAX_K + 4)], ids=["pdl_form", "loop_form"])
 def test_gemv_default_config_cpu(N, K):
-    """The ops' config on both sides of PDL_MAX_K (the loop form in 1024-column steps with a 4-column tail)."""
+    """The op's config on both sides of PDL_MAX_K (N 70 and 6: `gemv_config`'s narrow forms, the loop form in
+    2048-column steps with a 4-column tail)."""
     gemv_matches(N, K, "silu_mul", torch.float32, "cpu")
 
 
@@ -77,6 +78,10 @@ def test_default_config_is_the_ops_config():
     assert default_config(2048) == GemvConfig(4, 1024, 4, pdl="on")
     assert default_config(PDL_MAX_K) == GemvConfig(4, 1024, 8, pdl="on")
     assert default_config(6144) == GemvConfig(4, 1024, 8, pdl="off")
+    # gdn::gemv's narrow outputs (2048 rows): more programs in the PDL form, longer steps in the loop form
+    assert gemv_config(2048, 2048) == GemvConfig(2, 1024, 4, pdl="on")
+    assert gemv_config(2048, 6144) == GemvConfig(8, 2048, 8, pdl="off")
+    assert gemv_config(2048, 4096) == default_config(4096) and gemv_config(4096, 2048) == default_config(2048)
 
 
 def test_bad_activation_names_it():
@@ -119,8 +124,8 @@ def test_gemv_cuda(name, dt):
 @pytest.mark.cuda
 @pytest.mark.parametrize("K", [2048, 6144])
 def test_op_equals_kernel_cuda(K):
-    """The registered op runs the kernel with `default_config`, bit for bit."""
+    """The registered op runs the kernel with `gemv_config`, bit for bit."""
     x = torch.randn(1, 2 * K, device="cuda").to(torch.bfloat16)
     w = torch.randn(2048, K, device="cuda").to(torch.bfloat16)
-    want = triton_gemv.gemv(x, w, "silu_mul", default_config(K))
+    want = triton_gemv.gemv(x, w, "silu_mul", gemv_config(2048, K))
     assert torch.equal(torch.ops.gdn.gemv(x, w, "silu_mul"), want)

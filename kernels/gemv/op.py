@@ -2,7 +2,7 @@
 `torch.library.triton_op` (see `gated_delta_rule/op.py` for how export, AOTInductor, the fake and the CPU kernel
 fit together). One-token shapes only: the model calls them at decode (a static T == 1) and for lm_head's one row.
 
-All three run `triton_gemv.default_config(K)`: the PDL form up to PDL_MAX_K, launched with PDL by Triton on a GPU
+All three run `triton_gemv.default_config(K)` (gemv: `gemv_config(N, K)`): the PDL form up to PDL_MAX_K, launched with PDL by Triton on a GPU
 and inside CUDA artifacts (gdn.export.aoti_pdl), so each projection's weights load while the kernel before it
 drains.
 """

@@ -12,7 +12,7 @@ loads its weights before the grid wait (kernels/pdl.py); above it, the loop over
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -41,6 +41,18 @@ def default_config(K: int) -> GemvConfig:
     (the best of a block sweep at the decode shapes, kernels/gemv/DESIGN.md); 8 warps pay only for long rows;
     the PDL form where one step over K fits."""
     return GemvConfig(4, 1024, 8 if K >= 4096 else 4, pdl="on" if K <= PDL_MAX_K else "off")
+
+
+def gemv_config(N: int, K: int) -> GemvConfig:
+    """The config gdn::gemv runs (the norm forms keep `default_config`), from the static (N, K): outputs of at most
+    2048 rows take more programs or longer steps, where the block sweep measured it (kernels/gemv/DESIGN.md):
+    2 rows a program in the PDL form up to K 2048, 8 rows by 2048 columns in the loop form."""
+    cfg = default_config(K)
+    if N > 2048:
+        return cfg
+    if cfg.pdl == "on":
+        return replace(cfg, block_n=2) if K <= 2048 else cfg
+    return GemvConfig(8, 2048, 8)
 
 
 def launch_args(cfg: GemvConfig, N: int, K: int, like: torch.Tensor) -> tuple[int, int, dict[str, Any]]:
@@ -93,7 +105,7 @@ def _gemv_kernel(
 def gemv(
     x: torch.Tensor, w: torch.Tensor, act: str, cfg: GemvConfig | None = None, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Same contract as `reference.gemv`; w must have a unit stride along K. cfg: `default_config(K)` unless
+    """Same contract as `reference.gemv`; w must have a unit stride along K. cfg: `gemv_config(N, K)` unless
     given."""
     if act not in ACTS:
         raise ValueError(f"unknown gemv activation {act!r} (expected one of {ACTS})")
@@ -104,7 +116,7 @@ def gemv(
         raise ValueError(f"gemv wants x [1, {want}] and w [N, K] with unit K stride, got {got}")
     x = x.contiguous()
     y = torch.empty((1, N), dtype=x.dtype, device=x.device) if out is None else out
-    bn, bk, launch = launch_args(cfg or default_config(K), N, K, y)
+    bn, bk, launch = launch_args(cfg or gemv_config(N, K), N, K, y)
     launcher(_gemv_kernel)[(triton.cdiv(N, bn),)](
         x, w, y, w.stride(0), N=N, K=K, SILU_MUL=act == "silu_mul", BN=bn, BK=bk, **launch,
     )

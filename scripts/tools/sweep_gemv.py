@@ -1,6 +1,6 @@
 """Block sweep of the one-token projection kernels (gdn::gemv / gdn::norm_gemv) at the 2B decode shapes: for each
 site, every (rows per program, columns per step, warps, stages, form) candidate, alone (stream order), graphed
-over weight copies past L2, us per call and % of copy bandwidth. The shipped config (`default_config`) is marked.
+over weight copies past L2, us per call and % of copy bandwidth. The shipped config (`default_config`, gemv's `gemv_config`) is marked.
 
     python scripts/tools/sweep_gemv.py [--only SUBSTRING] [--top 8]
 """
@@ -81,7 +81,7 @@ def main() -> None:
     for site in bench_gemv.SITES:
         if args.only not in site.name:
             continue
-        d = triton_gemv.default_config(site.K)
+        d = triton_gemv.default_config(site.K) if site.form == "norm" else triton_gemv.gemv_config(site.N, site.K)
         shipped = (d.block_n, triton.next_power_of_2(site.K) if d.pdl == "on" else d.block_k, d.warps, 3,
                    d.pdl == "on")
         results = sweep(site, args.iters)
