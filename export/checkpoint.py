@@ -5,6 +5,9 @@ shapes and where each one goes. The model is built on the meta device; each para
 in the target dtype and filled from memory-mapped safetensors, so host memory peaks near one copy of
 the weights. Every checkpoint tensor must be used (except the vision tower and MTP head), every
 parameter must be filled, and every shape must match, or `CheckpointError` names the tensor.
+
+The tensors come from a `WeightSource`: `SafetensorsDir` for a checkpoint, or one that `load_model` is handed
+(benchmarks pass random weights made on request for shapes whose files do not fit the disk).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -30,6 +33,22 @@ IGNORED_PREFIXES = ("model.visual.", "visual.", "mtp.", "model.mtp.")
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model; the message names the tensor key or file."""
+
+
+class WeightSource(Protocol):
+    """Named tensors in the Hugging Face layout (names, shapes, dtypes), read one at a time by the loader."""
+
+    path: Path  # named in error messages
+
+    def keys(self) -> set[str]: ...
+
+    def numel(self) -> int: ...
+
+    def shape(self, key: str) -> tuple[int, ...]: ...
+
+    def get(self, key: str) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
 
 
 class SafetensorsDir:
@@ -242,18 +261,21 @@ def load_model(
     kernels: str = "reference",
     device: str | torch.device = "cpu",
     quant: QuantScheme | None = None,
+    weights: WeightSource | None = None,
 ) -> GDNForCausalLM:
     """Build the model for `checkpoint` (a directory with config.json and safetensors) and load its weights;
-    with `quant`, each projection is quantized as soon as it is complete (no float copy of the model exists)."""
+    with `quant`, each projection is quantized as soon as it is complete (no float copy of the model exists).
+    `weights`: read the tensors from this source instead of the directory's safetensors (the caller closes it)."""
     path = Path(checkpoint)
     cfg = load_config(path)
-    files = SafetensorsDir(path)
+    files = SafetensorsDir(path) if weights is None else weights
     try:
         with torch.device("meta"):
             model = GDNForCausalLM(cfg, max_seq_len, dtype, state_dtype, kernels, quant)
         _fill_parameters(model, files, recipes(cfg, files.keys()), dtype, torch.device(device))
     finally:
-        files.close()
+        if weights is None:
+            files.close()
     _materialize_buffers(model, cfg, torch.device(device))
     model.tie_weights()
     return model.eval().requires_grad_(False)
@@ -270,7 +292,7 @@ def _check_mapped(model: nn.Module, plan: dict[str, list[Piece]]) -> None:
             raise CheckpointError(f"no checkpoint tensor is mapped to parameter {name!r}")
 
 
-def _fill_parameters(model: nn.Module, files: SafetensorsDir, plan: dict[str, list[Piece]], dtype, device) -> None:
+def _fill_parameters(model: nn.Module, files: WeightSource, plan: dict[str, list[Piece]], dtype, device) -> None:
     keys = files.keys()
     used = set()
     _check_mapped(model, plan)

@@ -16,7 +16,7 @@ import torch
 from gdn.runner.artifact import METADATA_KEY, TOKENIZER_KEY, Metadata
 
 from .artifact import check_space, weights_bytes, write_artifact
-from .checkpoint import SafetensorsDir, load_model
+from .checkpoint import SafetensorsDir, WeightSource, load_model
 from .config import ModelConfig, load_config
 from .errors import ExportError
 from .lower import lower_cpu, lower_cuda
@@ -49,6 +49,9 @@ class ExportOptions:
     autotune: str = "decode"  # CUDA: methods whose GEMMs AOTInductor autotunes: all | decode | none
     quant: str = "none"  # none | int8 | int4: weight-only, group-wise (export/quant.py)
     group_size: int | None = None  # None: quant.DEFAULT_GROUP[bits]
+    # benchmarks only (gdn_bench's random weights): the tensors come from this source, not checkpoint's
+    # safetensors; config.json and the tokenizer still come from `checkpoint`
+    weights: WeightSource | None = None
 
 
 @dataclass
@@ -104,7 +107,8 @@ def default_max_seq_len(cfg: ModelConfig, kernels: str, dtype: torch.dtype) -> i
     return max(2, min(limit, fits))
 
 
-def resolve_max_seq_len(cfg: ModelConfig, requested: int | None, kernels: str, dtype: torch.dtype, ckpt: Path) -> int:
+def resolve_max_seq_len(cfg: ModelConfig, requested: int | None, kernels: str, dtype: torch.dtype, ckpt: Path,
+                        source: WeightSource | None = None) -> int:
     if requested is None:
         return default_max_seq_len(cfg, kernels, dtype)
     limit = cfg.max_position_embeddings
@@ -113,9 +117,10 @@ def resolve_max_seq_len(cfg: ModelConfig, requested: int | None, kernels: str, d
     if requested > limit:
         raise ExportError(f"--max-seq-len {requested} exceeds the model's max_position_embeddings {limit}")
     if kernels == "ops":
-        weights = SafetensorsDir(ckpt)
+        weights = SafetensorsDir(ckpt) if source is None else source
         need = weights.numel() * dtype.itemsize + requested * kv_bytes_per_token(cfg, dtype)
-        weights.close()
+        if source is None:
+            weights.close()
         have = int(torch.cuda.get_device_properties(0).total_memory * DEVICE_MEMORY_SHARE)
         if need > have:
             raise ExportError(f"--max-seq-len {requested} needs {need / 2**30:.1f} GiB of GPU memory for weights and "
@@ -157,7 +162,8 @@ def plan(opts: ExportOptions) -> Plan:
         what = "the bundled default model" if ckpt == DEFAULT_CHECKPOINT else "checkpoint"
         raise ExportError(f"{what} directory {ckpt} does not exist")
     cfg = load_config(ckpt)
-    SafetensorsDir(ckpt).close()  # the weight files exist and open, before any stage starts
+    if opts.weights is None:
+        SafetensorsDir(ckpt).close()  # the weight files exist and open, before any stage starts
     backend = resolve_backend(opts.backend)
     kernels = choose_kernels(backend, opts.kernels)
     quant = resolve_quant(opts, cfg, kernels)
@@ -165,7 +171,7 @@ def plan(opts: ExportOptions) -> Plan:
     dtype = _dtype(opts.dtype, default_dtype, "--dtype")
     state_default = DTYPES.get(cfg.ssm_state_dtype or "float32", torch.float32)
     state_dtype = _dtype(opts.state_dtype, state_default, "--state-dtype")
-    max_seq_len = resolve_max_seq_len(cfg, opts.max_seq_len, kernels, dtype, ckpt)
+    max_seq_len = resolve_max_seq_len(cfg, opts.max_seq_len, kernels, dtype, ckpt, opts.weights)
     bound = REFERENCE_PREFILL_CHUNK if kernels == "reference" else max_seq_len
     default_chunk = REFERENCE_PREFILL_CHUNK if kernels == "reference" else DEFAULT_CUDA_PREFILL_CHUNK
     chunk = min(opts.max_prefill_chunk or default_chunk, bound, max_seq_len)
@@ -196,7 +202,8 @@ def run_export(opts: ExportOptions, progress: Progress | None = None) -> ExportR
         # CUDA exports trace on the GPU they compile for (the reference kernels too: on CPU tensors they would
         # trace into the CPU runtime's LLM ops); CPU exports on the CPU
         device = "cuda" if p.backend == "cuda" else "cpu"
-        model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, device, p.quant)
+        model = load_model(opts.checkpoint, p.max_seq_len, p.dtype, p.state_dtype, p.kernels, device, p.quant,
+                           opts.weights)
     check_space(output.parent, int(weights_bytes(model) * 1.1) + (1 << 20))
     meta = build_metadata(p.cfg, model, files, p.backend, p.max_prefill_chunk, p.dtype, p.state_dtype, p.quant)
     named = {METADATA_KEY: meta.to_json().encode("utf-8")}

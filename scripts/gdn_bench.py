@@ -2,11 +2,12 @@
 
     python scripts/gdn_bench.py [--models tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l] [--out DIR] [--no-peer]
         [--max-seq-len N] [--prompts 128,1024,4096] [--positions 128,8192,32768,131072]
+        [--quant none|int8|int4 [--group-size N]] [--random-weights SEED]
     python scripts/gdn_bench.py --merge A/bench.json B/bench.json --out DIR   (no GPU needed)
 
 For each model (random weights made on the fly in Hugging Face layout by transformers, except `tiny`, the
-bundled default model): export time and artifact size, load time, time to first token, prefill tokens/s at
-the --prompts lengths, decode tokens/s over 256 new tokens with and without the CUDA graph (and, with
+bundled default model; or a checkpoint folder given by path): export time and artifact size, load time, time
+to first token, prefill tokens/s at the --prompts lengths, decode tokens/s over 256 new tokens with and without the CUDA graph (and, with
 --positions, from each given position of a long cache), peak GPU memory. The memory limit of a decode step is the bytes it must read (the weights a token uses - for MoE
 only the routed and shared experts -, the recurrent and conv state, the KV cache in use) over the
 device-to-device copy bandwidth measured in the same run. The peers are transformers' `generate` on the
@@ -15,11 +16,18 @@ static cache, which transformers compiles with torch.compile on a GPU by itself.
 Writes DIR/bench.json, DIR/bench.png (when matplotlib is there) and prints a table. Timings: CUDA events,
 medians. Artifacts and checkpoints are kept in DIR and reused by later runs; `--merge` combines the
 bench.json of runs made separately (one model per device command) into one table, JSON and chart.
+
+Shapes whose bf16 files would not fit the disk (RANDOM_ONLY: the full Qwen3.5-35B-A3B, about 70 GB) are exported
+from their config alone: a folder with config.json and no weights, read through `RandomWeights`, which makes each
+tensor on the GPU when the export's loader asks for it (ExportOptions.weights). `--random-weights SEED` does the
+same for every model, and for a checkpoint folder named in --models that has no weights. Such models have no
+transformers peer (there is no checkpoint to load it from).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import platform
@@ -32,8 +40,10 @@ from pathlib import Path
 
 import torch
 
+from gdn.export.errors import USER_ERRORS
 from gdn.export.pipeline import DEFAULT_CHECKPOINT, ExportOptions, run_export
 from gdn.export.progress import Progress
+from gdn.export.quant import QuantError, parse_scheme
 from gdn.runner import Runner, SamplingParams
 from gdn.runner.api import DECODE_BLOCK
 from gdn.runner.loop import DecodeLoop, prefill
@@ -59,6 +69,11 @@ MODELS = {
         num_attention_heads=16, linear_num_value_heads=32, num_experts=256, num_experts_per_tok=8,
         moe_intermediate_size=512, shared_expert_intermediate_size=512, tie_word_embeddings=False)),
 }
+MODELS["qwen3.5-35b-a3b"] = (MODELS["qwen3.5-35b-a3b-8l"][0], MODELS["qwen3.5-35b-a3b-8l"][1], dict(
+    MODELS["qwen3.5-35b-a3b-8l"][2], num_hidden_layers=40,
+    layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 10))
+# bf16 files larger than the GPU machine's disk: always exported from the config with RandomWeights
+RANDOM_ONLY = {"qwen3.5-35b-a3b"}
 
 
 @dataclass
@@ -114,22 +129,178 @@ def make_checkpoint(name: str, folder: Path) -> Path:
     return path
 
 
-def decode_bytes(cfg: dict, dtype: str, pos: int, state: int) -> int:
+def make_config(name: str, folder: Path) -> Path:
+    """A folder with only the config.json of model `name` (no weights): the input of RandomWeights."""
+    path = folder / f"config-{name}"
+    if (path / "config.json").exists():
+        return path
+    import transformers
+
+    cls_name, cfg_name, kwargs = MODELS[name]
+    cfg = getattr(transformers, cfg_name)(**kwargs)
+    cfg.architectures = [cls_name]
+    cfg.dtype = torch.bfloat16
+    cfg.save_pretrained(path)
+    return path
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    init: str  # normal | zeros | ones | a_log: what transformers' _init_weights gives this parameter
+    std: float  # of `normal`: the config's initializer_range
+
+
+def _init_of(owner: torch.nn.Module, leaf: str) -> str:
+    """The Qwen3-Next / Qwen3.5 _init_weights rules: norms are zero-centred (1 + w), the GDN's gated norm is
+    not; dt_bias ones, A_log log(uniform(0.01, 16)); every other weight normal(0, initializer_range)."""
+    kind = type(owner).__name__
+    if leaf in ("A_log", "dt_bias"):
+        return "a_log" if leaf == "A_log" else "ones"
+    if kind.endswith("RMSNormGated"):
+        return "ones"
+    return "zeros" if kind.endswith("RMSNorm") else "normal"
+
+
+def hf_class(folder: Path) -> type:
+    """The transformers model class that config.json's `architectures` names; ValueError (one line) if none."""
+    import transformers
+
+    arch = json.loads((folder / "config.json").read_text()).get("architectures") or [""]
+    cls = getattr(transformers, str(arch[0]), None)
+    if not isinstance(cls, type):
+        raise ValueError(f"{folder / 'config.json'}: architectures {arch!r} names no transformers model class")
+    return cls
+
+
+def hf_layout(folder: Path) -> dict[str, TensorSpec]:
+    """name -> spec of every tensor transformers saves for the config.json in `folder`: its `architectures[0]`
+    class built on the meta device (no memory), tied parameters once, in the config's dtype (default bf16)."""
+    cls = hf_class(folder)
+    cfg = cls.config_class.from_pretrained(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    dtype = getattr(torch, str(raw.get("dtype") or raw.get("torch_dtype") or "bfloat16").removeprefix("torch."))
+    std = getattr(cfg.get_text_config(), "initializer_range", None) or 0.02
+    with torch.device("meta"):
+        model = cls(cfg)
+    layout = {}
+    for name, p in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        layout[name] = TensorSpec(tuple(p.shape), dtype, _init_of(model.get_submodule(owner), leaf), std)
+    return layout
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A generator seed of its own for each (seed, tensor name), the same in every process."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+class RandomWeights:
+    """Random weights in the Hugging Face layout of the config.json in `path`, made when the export's loader
+    asks for each one (a gdn.export.checkpoint.WeightSource, passed as ExportOptions.weights): benchmarks only.
+    Each tensor comes from its own generator on `device`, seeded by (seed, name), so two runs on one kind of
+    device export identical weights; nothing is kept between calls. Values follow transformers' init
+    (normal * initializer_range, norms at their init), so activations stay finite through deep bf16 stacks."""
+
+    def __init__(self, path: Path, seed: int = 0, device: str | torch.device = "cpu"):
+        self.path, self.seed, self.device = Path(path), seed, torch.device(device)
+        self.layout = hf_layout(self.path)
+
+    def keys(self) -> set[str]:
+        return set(self.layout)
+
+    def numel(self) -> int:
+        return sum(math.prod(s.shape) for s in self.layout.values())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.layout[key].shape
+
+    def get(self, key: str) -> torch.Tensor:
+        spec = self.layout[key]
+        if spec.init in ("zeros", "ones"):
+            return (torch.zeros if spec.init == "zeros" else torch.ones)(spec.shape, dtype=spec.dtype, device=self.device)
+        g = torch.Generator(self.device).manual_seed(tensor_seed(self.seed, key))
+        if spec.init == "a_log":
+            a = torch.empty(spec.shape, device=self.device).uniform_(0.01, 16, generator=g)
+            return a.log_().to(spec.dtype)
+        return torch.empty(spec.shape, dtype=spec.dtype, device=self.device).normal_(0.0, spec.std, generator=g)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One --models entry: a name in MODELS or a checkpoint folder; `seed` set: random weights from its config."""
+
+    name: str
+    folder: Path | None = None  # None: made from MODELS[name] in --out
+    seed: int | None = None
+
+    @property
+    def label(self) -> str:
+        return (self.folder.name if self.folder is not None and self.name not in MODELS else self.name) + (
+            "" if self.seed is None else f"-random{self.seed}")
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
+
+
+def resolve_model(entry: str, seed: int | None) -> ModelSource:
+    """ValueError (a one-line reason) for an entry that is neither a known name nor a folder with a config.json,
+    and for a folder without weights when no --random-weights seed is given."""
+    if entry in MODELS:
+        if entry == "tiny":
+            return ModelSource(entry, DEFAULT_CHECKPOINT, seed)
+        return ModelSource(entry, None, 0 if seed is None and entry in RANDOM_ONLY else seed)
+    folder = Path(entry)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"unknown model {entry!r}; expected one of {', '.join(MODELS)} or a folder with a config.json")
+    if seed is None and not has_weights(folder):
+        raise ValueError(f"{folder} has a config.json but no weights (model.safetensors or its index); pass "
+                         "--random-weights SEED to bench its shape with random weights")
+    if seed is not None:
+        hf_class(folder)
+    return ModelSource(entry, folder, seed)
+
+
+def prepare(src: ModelSource, out: Path) -> tuple[Path, RandomWeights | None]:
+    """-> (the folder the export reads config.json and the tokenizer from, the weight source or None)."""
+    if src.seed is None:
+        return (src.folder or make_checkpoint(src.name, out)), None
+    folder = src.folder or make_config(src.name, out)
+    return folder, RandomWeights(folder, src.seed, "cuda")
+
+
+def matrix_bytes(numel: int, b: int, quant: dict | None) -> int:
+    """Bytes of `numel` projection weights: b each, or (quantized) bits / 8 each plus one scale a group."""
+    if quant is None:
+        return b * numel
+    scale = 4 if quant.get("scale_dtype") == "float32" else 2
+    return numel * quant["bits"] // 8 + numel // quant["group_size"] * scale
+
+
+def decode_bytes(cfg: dict, dtype: str, pos: int, state: int, quant: dict | None = None) -> int:
     """Bytes one decode step reads at position `pos` (cfg: the artifact's model config): the weights a token
-    uses (the embedding: one row; MoE: router, k routed and the shared expert), the state, the KV cache in use."""
+    uses (the embedding: one row; MoE: router, k routed and the shared expert), the state, the KV cache in use.
+    `quant`: the artifact's scheme (Metadata.quant), which covers every matrix; conv weights keep `dtype`."""
     H, V, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     b = 4 if dtype == "float32" else 2
     hd, nq, nkv = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     Hk, Hv = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
     K, Vd, W = cfg["linear_key_head_dim"], cfg["linear_value_head_dim"], cfg["linear_conv_kernel_dim"]
     attn = H * 2 * nq * hd + 2 * H * nkv * hd + nq * hd * H  # q with its output gate, k, v, o
-    gdn = H * (2 * Hk * K + 2 * Hv * Vd + 2 * Hv) + (2 * Hk * K + Hv * Vd) * W + Hv * Vd * H
+    gdn = H * (2 * Hk * K + 2 * Hv * Vd + 2 * Hv) + Hv * Vd * H  # in_proj, out_proj
+    conv = (2 * Hk * K + Hv * Vd) * W
     moe = H * (cfg["num_experts"] + 1) + 3 * H * (cfg["num_experts_per_tok"] * cfg["moe_intermediate_size"]
                                                    + cfg["shared_expert_intermediate_size"])
     dense = 3 * H * cfg["intermediate_size"]
     n_full = cfg["layer_types"].count("full_attention")
     mlp = sum(moe if m else dense for m in cfg["moe_layers"])
-    weights = b * (n_full * attn + (L - n_full) * gdn + mlp + V * H + H)
+    matrices = n_full * attn + (L - n_full) * gdn + mlp + V * H + H
+    weights = matrix_bytes(matrices, b, quant) + b * (L - n_full) * conv
     kv = b * n_full * 2 * nkv * hd * pos
     return weights + kv + state
 
@@ -188,16 +359,33 @@ def profile_decode(runner: Runner, prompt: list[int], steps: int = 20, top: int 
     return rows
 
 
-def export_artifact(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str) -> tuple[Path, float, bool]:
+@dataclass(frozen=True)
+class Build:
+    """What gdn-bench exports: its ExportOptions beyond the output and the cache length."""
+
+    label: str
+    checkpoint: Path
+    dtype: str = "bf16"
+    quant: str = "none"
+    group_size: int | None = None
+    weights: RandomWeights | None = None
+
+    def name(self, max_seq_len: int) -> str:
+        quant = "" if self.quant == "none" else f"-{self.quant}" + (f"g{self.group_size}" if self.group_size else "")
+        return f"{self.label}-{self.dtype}{quant}-s{max_seq_len}.pte"
+
+
+def export_artifact(build: Build, folder: Path, max_seq_len: int) -> tuple[Path, float, bool]:
     """-> (artifact, export seconds, reused). An artifact already in `folder` is reused, with the export
     time measured when it was made (kept beside it)."""
-    out = folder / f"{name}-{dtype}-s{max_seq_len}.pte"
+    out = folder / build.name(max_seq_len)
     timing = out.with_suffix(".export_s")
     if out.exists() and timing.exists():
         return out, float(timing.read_text()), True
     t0 = time.perf_counter()
-    run_export(ExportOptions(output=out, checkpoint=ckpt, backend="cuda", dtype=dtype, max_seq_len=max_seq_len),
-               Progress())
+    run_export(ExportOptions(output=out, checkpoint=build.checkpoint, backend="cuda", dtype=build.dtype,
+                             max_seq_len=max_seq_len, quant=build.quant, group_size=build.group_size,
+                             weights=build.weights), Progress())
     seconds = time.perf_counter() - t0
     timing.write_text(f"{seconds:.1f}\n")
     return out, seconds, False
@@ -217,9 +405,9 @@ def time_prefill(runner: Runner, ids: list[int], prompts: list[int], r: Result) 
             r.prefill_tok_s_graph[n] = n / (cuda_ms(lambda: graphs(ids[:n], 0), runs) / 1e3)
 
 
-def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str, r: Result,
-               prompts: list[int], positions: list[int]) -> None:
-    out, r.export_s, reused = export_artifact(name, ckpt, folder, max_seq_len, dtype)
+def bench_ours(build: Build, folder: Path, max_seq_len: int, r: Result, prompts: list[int],
+               positions: list[int]) -> None:
+    out, r.export_s, reused = export_artifact(build, folder, max_seq_len)
     if reused:
         r.notes.append("artifact from an earlier run in the same folder (export time measured then)")
     r.artifact_bytes = sum(p.stat().st_size for p in (out, out.with_suffix(".ptd")) if p.exists())
@@ -252,10 +440,12 @@ def bench_ours(name: str, ckpt: Path, folder: Path, max_seq_len: int, dtype: str
     for pos in positions:
         if pos + NEW_TOKENS < runner.max_seq_len:
             r.decode_at[pos] = time_decode(runner, ids[:128], graph=True, at=pos, block=DECODE_BLOCK)
-            r.limit_at[pos] = decode_bytes(runner.meta.config, runner.meta.dtype, pos + NEW_TOKENS // 2, state)
+            r.limit_at[pos] = decode_bytes(runner.meta.config, runner.meta.dtype, pos + NEW_TOKENS // 2, state,
+                                           runner.meta.quant)
     r.peak_gpu_bytes = r.loaded_gpu_bytes - reserved0 + torch.cuda.max_memory_reserved()
     r.decode_profile = profile_decode(runner, ids[:128])
-    r.decode_bytes = decode_bytes(runner.meta.config, runner.meta.dtype, 128 + NEW_TOKENS // 2, state)
+    r.decode_bytes = decode_bytes(runner.meta.config, runner.meta.dtype, 128 + NEW_TOKENS // 2, state,
+                                  runner.meta.quant)
     runner.close()
 
 
@@ -413,7 +603,9 @@ def write_report(results: list[Result], env: dict, bw: float, out: Path) -> None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l")
+    ap.add_argument("--models", default="tiny,qwen3.5-2b,qwen3.5-35b-a3b-8l",
+                    help=f"comma-separated: {', '.join(MODELS)}, or checkpoint folders (a config.json, a tokenizer "
+                         "optional; no weights needs --random-weights)")
     ap.add_argument("--out", type=Path, default=Path("bench"))
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="our artifact's dtype (the peer runs bf16)")
     ap.add_argument("--no-peer", action="store_true")
@@ -428,6 +620,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export-only", action="store_true",
                     help="make the checkpoints and artifacts in --out and stop (a later run reuses them)")
     ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON", help="combine earlier runs' bench.json files")
+    ap.add_argument("--quant", default="none", help="gdn-export --quant of our artifacts: none, int8 or int4")
+    ap.add_argument("--group-size", type=int, default=None, help="gdn-export --group-size (with --quant)")
+    ap.add_argument("--random-weights", type=int, default=None, metavar="SEED",
+                    help="export every model from its config alone, each tensor made from SEED when the export "
+                         f"loads it (benchmarks only; always on, seed 0, for {', '.join(sorted(RANDOM_ONLY))})")
     args = ap.parse_args(argv)
     if args.merge:
         missing = [p for p in args.merge if not p.is_file()]
@@ -442,35 +639,56 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_report(results, env, bw, args.out)
         return 0
-    names = args.models.split(",")
     try:
-        prompts = [int(n) for n in args.prompts.split(",") if n]
-        positions = [int(n) for n in args.positions.split(",") if n]
-    except ValueError:
-        print("gdn-bench: error: --prompts and --positions take comma-separated integers", file=sys.stderr)
-        return 2
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        print(f"gdn-bench: error: unknown model {unknown[0]!r}; expected one of {', '.join(MODELS)}", file=sys.stderr)
+        sources, prompts, positions = check_args(args)
+    except ValueError as e:
+        print(f"gdn-bench: error: {e}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("gdn-bench: error: needs an NVIDIA GPU", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args, sources, prompts, positions)
+    except USER_ERRORS as e:  # an export refused for a reason the user can act on
+        print(f"gdn-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+def check_args(args: argparse.Namespace) -> tuple[list[ModelSource], list[int], list[int]]:
+    """Everything that needs no GPU, before any work: ValueError (one line) on bad input."""
+    try:
+        prompts = [int(n) for n in args.prompts.split(",") if n]
+        positions = [int(n) for n in args.positions.split(",") if n]
+    except ValueError:
+        raise ValueError("--prompts and --positions take comma-separated integers") from None
+    try:
+        parse_scheme(args.quant, args.group_size)
+    except QuantError as e:
+        raise ValueError(str(e)) from None
+    if args.quant != "none" and args.dtype == "fp32":
+        raise ValueError(f"--quant {args.quant} runs bf16 activations; it cannot be combined with --dtype fp32")
+    return [resolve_model(n, args.random_weights) for n in args.models.split(",")], prompts, positions
+
+
+def run(args: argparse.Namespace, sources: list[ModelSource], prompts: list[int], positions: list[int]) -> int:
     bw = timing.copy_bandwidth()  # bytes/s, read + write
     results = []
-    for name in names:
-        r = Result(name)
-        ckpt = make_checkpoint(name, args.out)
-        max_seq = args.max_seq_len or (512 if name == "tiny" else max(prompts) + NEW_TOKENS + 64)
+    for src in sources:
+        ckpt, weights = prepare(src, args.out)
+        build = Build(src.label, ckpt, args.dtype, args.quant, args.group_size, weights)
+        r = Result(src.label + ("" if args.quant == "none" else f"-{args.quant}"))
+        max_seq = args.max_seq_len or (512 if src.name == "tiny" else max(prompts) + NEW_TOKENS + 64)
         if args.export_only:
-            path, seconds, reused = export_artifact(name, ckpt, args.out, max_seq, args.dtype)
-            print(f"{name}: {path} ({'reused' if reused else f'exported in {seconds:.1f} s'})", flush=True)
+            path, seconds, reused = export_artifact(build, args.out, max_seq)
+            print(f"{r.model}: {path} ({'reused' if reused else f'exported in {seconds:.1f} s'})", flush=True)
             continue
-        bench_ours(name, ckpt, args.out, max_seq, args.dtype, r, prompts, positions)
-        r.notes.append(f"gdn {args.dtype}")
+        bench_ours(build, args.out, max_seq, r, prompts, positions)
+        r.notes.append(f"gdn {args.dtype}" + ("" if args.quant == "none" else f", weights {args.quant}"))
         r.limit_tok_s = bw / r.decode_bytes
-        if not args.no_peer:
+        if weights is not None:
+            r.notes.append(f"random weights, seed {src.seed}, made while exporting; no checkpoint, so no peer")
+        elif not args.no_peer:
             try:
                 vocab = json.loads((ckpt / "config.json").read_text()).get("vocab_size", 512)
                 bench_peer(ckpt, r, vocab, args.peer_tokens)
