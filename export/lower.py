@@ -1,7 +1,8 @@
 """Lower the two exported methods into one ExecuTorch program, per backend.
 
 CPU: XNNPACK delegates the dense math; everything else runs on the portable kernels of the pip wheel.
-The mutable state buffers are planned once in a memory arena the two methods share.
+The mutable state buffers are planned once in a memory arena the two methods share. The graph passes are in
+cpu_passes.py, the XNNPACK lowering's shortcuts in xnnpack.py.
 CUDA: ExecuTorch's CUDA backend compiles each method with AOTInductor into its own shared library;
 the state lives inside the delegate as constants, weights go to the external `.ptd`. Kernels written for
 programmatic dependent launch are launched with it (aoti_pdl.py).
@@ -9,7 +10,6 @@ programmatic dependent launch are launched with it (aoti_pdl.py).
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 from contextlib import contextmanager
@@ -20,6 +20,9 @@ import torch
 from torch.export import ExportedProgram
 
 from .aoti_pdl import pdl_launches
+from .cpu_passes import (drop_noop_casts, fold_skips, inferred_views, portable_bit_ops, select_for_scalar_where,
+                         slices_for_splits, views_for_copies, xnnpack_mean)
+from .xnnpack import drop_provenance, edge_and_lower, has_call, xnnpack_passes_that_apply
 
 
 def ensure_flatc() -> None:
@@ -38,169 +41,26 @@ def lower_cpu(programs: dict[str, ExportedProgram], named_data: dict[str, bytes]
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
     from executorch.backends.xnnpack.partition.config.generic_node_configs import ViewCopyConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import ExecutorchBackendConfig
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     # weights re-laid out by the CPU kernels (a permute, a concat) fold into constants XNNPACK packs once
-    programs = {name: constant_prop_pass(portable_bit_ops(drop_noop_casts(ep)), custom_skip_targets=_fold_skips(ep))
+    programs = {name: constant_prop_pass(portable_bit_ops(drop_noop_casts(ep)), custom_skip_targets=fold_skips(ep))
                 for name, ep in programs.items()}
-    edge = to_edge_transform_and_lower(
-        programs,
-        transform_passes=[views_for_copies, slices_for_splits, xnnpack_mean],
-        partitioner=[XnnpackPartitioner(configs=[*ALL_PARTITIONER_CONFIGS, ViewCopyConfig])],
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
+    for ep in programs.values():
+        drop_provenance(ep.graph_module)
+    partitioner = XnnpackPartitioner(configs=[*ALL_PARTITIONER_CONFIGS, ViewCopyConfig])
+    passes = [drop_provenance, views_for_copies, inferred_views, slices_for_splits, xnnpack_mean,
+              select_for_scalar_where]
+    with xnnpack_passes_that_apply():
+        edge = edge_and_lower(programs, partitioner, passes)
     _add_named_data(edge, named_data)
     planning = MemoryPlanningPass(alloc_mutable_buffers=True, share_mutable_buffers=True)
     # run_reinplace_pass: the caches' index_put becomes an in-place write, not a copy of the cache per call
     config = ExecutorchBackendConfig(memory_planning_pass=planning, emit_mutable_buffer_names=True,
                                      run_reinplace_pass=True)
     return edge.to_executorch(config)
-
-
-def _static_shape(node) -> list[int] | None:
-    val = node.meta.get("val")
-    if not isinstance(val, torch.Tensor) or not all(isinstance(d, int) for d in val.shape):
-        return None
-    return list(val.shape)
-
-
-def views_for_copies(gm: torch.fx.GraphModule):
-    """Edge-dialect unsqueeze / squeeze copies, and selects of a size-1 dim, of static shape as view_copy: each a
-    portable-kernel copy and an instruction per call otherwise; a view_copy XNNPACK takes inside a partition, or
-    the emitter turns into a memory view (no instruction)."""
-    from executorch.exir.dialects._ops import ops as exir_ops
-    from torch.fx.passes.infra.pass_base import PassResult
-
-    aten = exir_ops.edge.aten
-    reshapes = (aten.unsqueeze_copy.default, aten.squeeze_copy.dim, aten.squeeze_copy.dims, aten.squeeze_copy.default)
-    changed = False
-    for node in gm.graph.nodes:
-        shape = _static_shape(node) if node.op == "call_function" else None
-        if shape is None:
-            continue
-        size_one_select = (node.target is aten.select_copy.int
-                           and node.args[0].meta["val"].shape[node.args[1]] == 1)
-        if node.target in reshapes or size_one_select:
-            node.target, node.args, node.kwargs = aten.view_copy.default, (node.args[0], shape), {}
-            changed = True
-    gm.recompile()
-    return PassResult(gm, changed)
-
-
-def slices_for_splits(gm: torch.fx.GraphModule):
-    """Edge-dialect split_with_sizes_copy of a static tensor (a fused projection's parts) as one slice_copy per
-    part: XNNPACK takes static slices inside a partition, the split is a portable kernel between two."""
-    from executorch.exir.dialects._ops import ops as exir_ops
-    from torch.fx.passes.infra.pass_base import PassResult
-
-    aten = exir_ops.edge.aten
-    changed = False
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not aten.split_with_sizes_copy.default:
-            continue
-        x, sizes = node.args[0], node.args[1]
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if _static_shape(x) is None or any(u.target is not operator.getitem for u in node.users):
-            continue
-        starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        for user in list(node.users):
-            i = user.args[1]
-            with gm.graph.inserting_before(user):
-                piece = gm.graph.call_function(aten.slice_copy.Tensor, (x, dim, starts[i], starts[i] + sizes[i]))
-            piece.meta = dict(user.meta)
-            user.replace_all_uses_with(piece)
-            gm.graph.erase_node(user)
-        gm.graph.erase_node(node)
-        changed = True
-    gm.recompile()
-    return PassResult(gm, changed)
-
-
-def xnnpack_mean(gm: torch.fx.GraphModule):
-    """mean over the last dim (keepdim) of a static tensor [..., K] as XNNPACK's mean: over the two inner dims of
-    a 4-D view [rows, 1, K, 1]. The norms' means, which stay on portable kernels otherwise."""
-    from executorch.exir.dialects._ops import ops as exir_ops
-    from torch.fx.passes.infra.pass_base import PassResult
-
-    aten = exir_ops.edge.aten
-    changed = False
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not aten.mean.dim or node.kwargs.get("dtype") is not None:
-            continue
-        x, dims = node.args[0], node.args[1]
-        shape, out = _static_shape(x), _static_shape(node)
-        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        if shape is None or out is None or not keep or list(dims) not in ([-1], [len(shape) - 1]):
-            continue
-        rows = [math.prod(shape[:-1]), 1, shape[-1], 1]
-        with gm.graph.inserting_before(node):
-            v = gm.graph.call_function(aten.view_copy.default, (x, rows))
-            v.meta["val"] = x.meta["val"].reshape(rows)
-            m = gm.graph.call_function(aten.mean.dim, (v, [-2, -1], True))
-            m.meta["val"] = v.meta["val"].mean([-2, -1], keepdim=True)
-            r = gm.graph.call_function(aten.view_copy.default, (m, out))
-            r.meta["val"] = node.meta["val"]
-        node.replace_all_uses_with(r)
-        gm.graph.erase_node(node)
-        changed = True
-    gm.recompile()
-    return PassResult(gm, changed)
-
-
-NOOP_CAST_TARGETS = (torch.ops.aten.to.dtype, torch.ops.aten.to.dtype_layout)
-# the first ops of kernels/qgemv/reference.py's dequantize (int4: the nibble masks; int8: the cast to float)
-DEQUANT_ENTRY_TARGETS = (torch.ops.aten.bitwise_and.Scalar, torch.ops.aten.bitwise_right_shift.Tensor_Scalar,
-                         torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default)
-# `p & 15` and `p >> 4` trace to the Python operators' overloads, which the portable kernels lack
-BIT_OP_NAMES = {torch.ops.aten.__and__.Scalar: torch.ops.aten.bitwise_and.Scalar,
-                torch.ops.aten.__rshift__.Scalar: torch.ops.aten.bitwise_right_shift.Tensor_Scalar}
-
-
-def portable_bit_ops(ep: ExportedProgram) -> ExportedProgram:
-    """The int4 unpacking's `&` and `>>` as the named bitwise ops the portable kernels implement."""
-    for node in ep.graph_module.graph.nodes:
-        if node.op == "call_function" and node.target in BIT_OP_NAMES:
-            node.target = BIT_OP_NAMES[node.target]
-    ep.graph_module.recompile()
-    return ep
-
-
-def _fold_skips(ep: ExportedProgram) -> set | None:
-    """Quantized weights (`*.qweight`) are dequantized in the program: folded, the artifact would hold them as
-    floats. So constant propagation stops at the dequantisation's first ops (which also leaves casts of other
-    constants to run). None (the pass's default) without quantized weights."""
-    from executorch.exir.passes.constant_prop_pass import get_default_skip_targets_no_quant
-
-    if not any(t.endswith(".qweight") for t in ep.graph_signature.inputs_to_parameters.values()):
-        return None
-    return set(get_default_skip_targets_no_quant()) | set(DEQUANT_ENTRY_TARGETS)
-
-
-def drop_noop_casts(ep: ExportedProgram) -> ExportedProgram:
-    """`.float()` / `.to(dtype)` on a tensor already of that dtype (the fp32 CPU path's kernels cast freely)
-    leave a cast and a metadata assertion per call in the exported graph: a quarter of its nodes, each paid in
-    every lowering pass. The casts are identities there: their uses read the input instead."""
-    graph = ep.graph_module.graph
-    for node in list(graph.nodes):
-        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
-            graph.erase_node(node)
-        elif node.target in NOOP_CAST_TARGETS and _is_identity_cast(node):
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-    ep.graph_module.recompile()
-    return ep
-
-
-def _is_identity_cast(node) -> bool:
-    src, out = node.args[0].meta.get("val"), node.meta.get("val")
-    if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor):
-        return False
-    kw = node.kwargs
-    copy = kw.get("copy", False) or (node.target is torch.ops.aten.to.dtype and len(node.args) > 3 and node.args[3])
-    same_layout = kw.get("memory_format") in (None, torch.preserve_format)
-    return src.dtype == out.dtype and src.device == out.device and not copy and same_layout
 
 
 @contextmanager
@@ -230,10 +90,6 @@ def _backend_settings(autotune: str, decompose: bool) -> Iterator[None]:
     finally:
         for k, v in saved.items():
             setattr(CudaBackend, k, v)
-
-
-def _has_call(programs: dict[str, ExportedProgram], match) -> bool:
-    return any(n.op == "call_function" and match(n) for ep in programs.values() for n in ep.graph.nodes)
 
 
 def _is_our_op(node) -> bool:
@@ -304,7 +160,7 @@ def _triton_op_decomposition() -> Iterator[None]:
 
 def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, ExportedProgram]:
     """A re-trace of each method, one of the export's slow steps: only where our ops appear."""
-    if not _has_call(programs, _is_our_op):
+    if not has_call(programs, _is_our_op):
         return programs
     with _triton_op_decomposition():
         return {name: ep.run_decompositions({}) for name, ep in programs.items()}
@@ -313,7 +169,7 @@ def inline_triton_ops(programs: dict[str, ExportedProgram]) -> dict[str, Exporte
 def lower_cuda(programs: dict[str, ExportedProgram], named_data: dict[str, bytes], autotune: str = "decode"):
     """-> ExecutorchProgramManager whose tensor data holds one `.ptd` (the weights blobs)."""
     programs = split_to_slices(inline_triton_ops(programs))
-    with _backend_settings(autotune, decompose=_has_call(programs, _is_convolution)), pdl_launches():
+    with _backend_settings(autotune, decompose=has_call(programs, _is_convolution)), pdl_launches():
         return _lower_cuda(programs, named_data)
 
 

@@ -1,4 +1,4 @@
-"""export/lower.py's CPU graph passes on a small program lowered by lower_cpu and run in the ExecuTorch runtime:
+"""The CPU graph passes (export/cpu_passes.py) on a small program lowered by lower_cpu and run in the ExecuTorch runtime:
 static unsqueeze / squeeze / size-1 selects become views, a fused projection's split becomes slices, the mean over
 the last dim becomes XNNPACK's 4-D mean; none of them is left to a portable kernel, and the outputs equal the eager
 module's (fresh random inputs, odd sizes). The runtime's llama ops run from an artifact built by lower_cpu."""

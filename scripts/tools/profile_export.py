@@ -84,8 +84,14 @@ def install_cpu_timers() -> None:
     from executorch.exir.passes.memory_planning_pass import MemoryPlanningPass
 
     import executorch.exir as exir
+    import executorch.exir.passes.constant_prop_pass as const_prop
 
-    timed(prog, "_gen_edge_manager_for_partitioners", "to_edge (decompositions + edge dialect)")
+    timed(const_prop, "constant_prop_pass", "constant propagation (per method)")
+    timed(torch.export.ExportedProgram, "run_decompositions", "run_decompositions (a re-trace)")
+    timed(prog, "_generate_edge_program", "edge dialect (per method)")
+    timed(prog, "_gen_edge_manager_for_partitioners", "to_edge, partitioner's path (decompositions + edge dialect)")
+    timed(exir, "to_edge", "to_edge, one re-trace per method (decompositions + edge dialect)")
+    timed(prog.EdgeProgramManager, "transform", "our edge passes")
     timed(XnnpackPartitioner, "partition", "XNNPACK partitioner (tagging)")
     timed(XnnpackBackend, "preprocess", "XNNPACK preprocess (per partition)", quiet=True)
     timed(prog.EdgeProgramManager, "to_backend", "to_backend (partition + preprocess + fuse)")
